@@ -1,0 +1,170 @@
+"""The SQLite schema shared by a node's catalog and the central registry, and its versioned migrations.
+
+One row per distinct content in `models` (by SHA256); one row per file on a server in
+`model_server_availability` (a node's own catalog holds one server_id: itself); every name a job may use
+in `model_aliases`. A file that has no hash yet has model_id NULL until it is hashed.
+"""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Callable, Iterator
+
+import sqlite_utils
+
+from .records import METADATA_FIELDS
+
+JSON_COLUMNS = frozenset({"trained_words", "civitai_trained_words", "field_sources", "overrides"})
+
+_MODEL_METADATA_COLUMNS: dict[str, type] = {
+    name: (float if name == "preferred_weight" else int if name in ("civitai_id", "civitai_version_id") else str)
+    for name in METADATA_FIELDS
+}
+_MODEL_METADATA_COLUMNS["civitai_file_size_kb"] = float
+
+
+def _v1_initial(db: sqlite_utils.Database) -> None:
+    db["models"].create(
+        {
+            "id": int,
+            "hash_sha256": str,
+            "hash_autov1": str,
+            "hash_autov2": str,
+            "hash_autov3": str,
+            "size": int,
+            "filename": str,
+            "forge_format": str,
+            **_MODEL_METADATA_COLUMNS,
+            "metadata_source": str,
+            "field_sources": str,
+            "overrides": str,
+            "has_embedded_metadata": int,
+            "last_used": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"hash_sha256"},
+    )
+    db["models"].create_index(["hash_sha256"], unique=True)
+    db["models"].create_index(["hash_autov2"])
+    db["models"].create_index(["hash_autov1"])
+    db["models"].create_index(["hash_autov3"])
+    db["models"].create_index(["civitai_version_id"])
+    db["models"].create_index(["type"])
+
+    db["servers"].create(
+        {
+            "id": str,
+            "display_name": str,
+            "api_url": str,
+            "token_hash": str,
+            "roots": str,
+            "created_at": str,
+            "last_sync": str,
+            "last_heartbeat": str,
+            "last_sync_summary": str,
+        },
+        pk="id",
+    )
+
+    db["model_server_availability"].create(
+        {
+            "id": int,
+            "server_id": str,
+            "model_id": int,
+            "path": str,
+            "rel_name": str,
+            "role": str,
+            "size": int,
+            "mtime_ns": int,
+            "last_seen": str,
+            "has_preview": int,
+            # what the node learnt from the file itself; lets a re-scan of an unchanged file skip reading it
+            "content_type": str,
+            "content_base": str,
+            "embedded": str,
+            "problem": str,
+        },
+        pk="id",
+        not_null={"server_id", "path"},
+        foreign_keys=[("model_id", "models", "id")],
+    )
+    db["model_server_availability"].create_index(["server_id", "path"], unique=True)
+    db["model_server_availability"].create_index(["model_id", "server_id"])
+
+    db["model_aliases"].create(
+        {"id": int, "model_id": int, "server_id": str, "alias": str, "kind": str, "local_name": str},
+        pk="id",
+        not_null={"model_id", "server_id", "alias", "kind"},
+        foreign_keys=[("model_id", "models", "id")],
+    )
+    db["model_aliases"].create_index(["alias"])
+    db["model_aliases"].create_index(["model_id", "server_id", "kind", "alias"], unique=True)
+    db["model_aliases"].create_index(["server_id"])
+
+    db["civitai_lookups"].create(
+        {
+            "sha256": str,
+            "status": str,  # found | not_found | error
+            "checked_at": str,
+            "attempts": int,
+            "next_attempt_at": str,
+            "version_id": int,
+            "error": str,
+            "response": str,
+        },
+        pk="sha256",
+    )
+
+
+# Append new steps; never edit a released one. Step i brings the schema to version i + 1.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return db.execute("PRAGMA user_version").fetchone()[0]
+
+
+def open_catalog(path: str | Path) -> sqlite_utils.Database:
+    """Open (creating if needed) a catalog database in WAL mode; does not migrate."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return sqlite_utils.Database(conn)
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so concurrent writers queue instead of
+    deadlocking on a lock upgrade. sqlite-utils calls inside nest as savepoints."""
+    db.conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.conn.in_transaction:
+            db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
+
+
+def migrate(db: sqlite_utils.Database, before_step: Callable[[int], None] | None = None) -> list[int]:
+    """Bring the schema up to SCHEMA_VERSION; `before_step(version)` runs before each step (backups)."""
+    applied = []
+    current = schema_version(db)
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema version {current} is newer than this modelsync ({SCHEMA_VERSION})")
+    for version in range(current, SCHEMA_VERSION):
+        if before_step is not None:
+            before_step(version + 1)
+        with write_transaction(db):
+            MIGRATIONS[version](db)
+            db.conn.execute(f"PRAGMA user_version = {version + 1}")
+        applied.append(version + 1)
+    return applied

@@ -1,0 +1,67 @@
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import model_factory
+
+MODELSYNC = shutil.which("modelsync") or ""
+
+
+def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [MODELSYNC] if MODELSYNC else [sys.executable, "-m", "modelsync.cli.main"]
+    return subprocess.run([*command, *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_hash_prints_every_hash(tmp_path):
+    small = model_factory.write_lora(tmp_path / "small.safetensors", base="sd1")
+    big = model_factory.write_padded(tmp_path / "big.safetensors", 3 * 1024 * 1024)
+    out = run("hash", "--json", str(small), str(big), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    results = {Path(r["path"]).name: r for r in json.loads(out.stdout)}
+    for path in (small, big):
+        data = path.read_bytes()
+        r = results[path.name]
+        assert r["sha256"] == hashlib.sha256(data).hexdigest()
+        assert r["autov2"] == r["sha256"][:10]
+        header_len = int.from_bytes(data[:8], "little")
+        assert r["autov3"] == hashlib.sha256(data[8 + header_len :]).hexdigest()
+    assert results["small.safetensors"]["autov1"] is None
+    assert results["big.safetensors"]["autov1"] == hashlib.sha256(big.read_bytes()[0x100000:0x110000]).hexdigest()[:8]
+
+
+def test_hash_of_missing_file_fails_clearly(tmp_path):
+    out = run("hash", str(tmp_path / "nope.safetensors"), cwd=tmp_path)
+    assert out.returncode == 1 and "nope.safetensors" in out.stderr
+
+
+def test_scan_json_on_a_models_folder_and_rescan(tmp_path):
+    models = tmp_path / "webui" / "models"
+    model_factory.write_checkpoint(models / "Stable-diffusion" / "a.safetensors", base="sd1")
+    model_factory.write_lora(models / "Lora" / "sub" / "b.safetensors", base="sdxl")
+    env = {"CONFIG_DATA_PATH": str(tmp_path / "data")}
+    out = run("scan", str(models), "--hash", "--json", "--server-id", "gpu-01", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert (result["total"], result["added"], result["hashesCalculated"], result["errors"]) == (2, 2, 2, 0)
+    assert result["message"].startswith("Scan complete! Found 2 model files")
+    assert (tmp_path / "data" / "catalog.db").exists()
+    again = json.loads(run("scan", str(models), "--hash", "--json", "--server-id", "gpu-01", cwd=tmp_path, env=env).stdout)
+    assert (again["added"], again["updated"], again["hashesCalculated"]) == (0, 0, 0)
+
+
+def test_scan_text_output_lists_problems(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "broken.safetensors").write_bytes(b"\x01")
+    out = run("scan", str(tmp_path / "m"), "--role", f"lora={tmp_path / 'm'}", "--data", str(tmp_path / "d"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "Scan complete! Found 1 model files" in out.stdout
+    assert "broken.safetensors" in out.stdout
+
+
+def test_bad_role_is_a_usage_error(tmp_path):
+    out = run("scan", "--role", "nonsense=/x", cwd=tmp_path)
+    assert out.returncode == 2 and "KIND=DIR" in out.stderr
