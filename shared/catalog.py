@@ -119,8 +119,29 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v2_previews_and_listing_indexes(db: sqlite_utils.Database) -> None:
+    """Central previews (one per SHA256, fetched once) and the indexes the model listing filters on."""
+    db["model_previews"].create(
+        {
+            "sha256": str,
+            "status": str,  # stored | failed
+            "source_url": str,
+            "content_type": str,
+            "width": int,
+            "height": int,
+            "bytes": int,
+            "checked_at": str,
+            "error": str,
+        },
+        pk="sha256",
+    )
+    db["models"].create_index(["base"])
+    db["models"].create_index(["name"])
+    db["model_server_availability"].create_index(["server_id", "model_id"])
+
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_previews_and_listing_indexes]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -72,6 +72,7 @@ BASE_MARKERS: list[tuple[str, tuple[str, ...]]] = [
 CONTEXT_PATTERNS = (
     r"attn2[._]to_k(\.weight|\.lora_down\.weight|\.lora_A\.weight)$",
     r"attn2_to_k\.lora_down\.weight$",
+    r"attn2_to_k\.hada_w1_b$",
 )
 
 # Metadata hints (kohya `ss_base_model_version`, `modelspec.architecture`, GGUF `general.architecture`).

@@ -80,8 +80,8 @@ def hash_file(
             sha = hashlib.sha256()
             autov1 = hashlib.sha256()
             position = 0
-            try:
-                while block := f.read(chunk_size):
+            try:  # read no further than the size at the start: a growing file must not keep the loop going
+                while position < before.st_size and (block := f.read(min(chunk_size, before.st_size - position))):
                     sha.update(block)
                     end = position + len(block)
                     if end > AUTOV1_OFFSET and position < AUTOV1_OFFSET + AUTOV1_LENGTH:

@@ -25,6 +25,7 @@ CIVITAI_BASE_PREFIXES: list[tuple[str, str]] = [
     ("sd 1", "sd1"),
     ("sd 2", "sd2"),
     ("sdxl", "sdxl"),
+    ("pony v7", "auraflow"),
     ("pony", "sdxl"),
     ("illustrious", "sdxl"),
     ("noobai", "sdxl"),

@@ -1,0 +1,31 @@
+"""What every request handler reaches through `context(request)`: configuration, registry, tokens, workers."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+
+from .config import ServerConfig
+from .own_node import OwnNode
+from .previews import PreviewStore
+from .queries import Liveness
+from .registry import Registry
+
+if TYPE_CHECKING:
+    from .civitai_worker import CivitaiWorker
+
+
+@dataclass
+class ServerContext:
+    config: ServerConfig
+    registry: Registry
+    admin_token: str
+    liveness: Liveness
+    own_node: OwnNode
+    previews: PreviewStore
+    worker: "CivitaiWorker | None" = None
+
+
+def context(request: Request) -> ServerContext:
+    return request.app.state.modelsync

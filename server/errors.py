@@ -1,0 +1,53 @@
+"""Every error the API returns is JSON: {"error": "what went wrong", "field": "which part of the request"}."""
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from modelsync.shared.inventory import InventoryError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def error_response(status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "field": field}, status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc.status, exc.message, exc.field, exc.headers)
+
+
+async def _inventory_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InventoryError)
+    return error_response(400, exc.message, exc.field)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail), None, exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return error_response(500, f"internal error: {type(exc).__name__}")
+
+
+EXCEPTION_HANDLERS = {
+    ApiError: _api_error,
+    InventoryError: _inventory_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

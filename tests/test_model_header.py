@@ -1,0 +1,101 @@
+import json
+import struct
+
+import pytest
+
+import model_factory
+from modelsync.shared.classification import classify
+from modelsync.shared.model_header import HeaderError, read_header
+
+
+def raw(tmp_path, name, data: bytes):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"\x01\x02", "truncated"),
+        (struct.pack("<Q", 999) + b"{}", "exceeds file size"),
+        (struct.pack("<Q", 4) + b"{no}", "not valid JSON"),
+        (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+    ],
+)
+def test_bad_safetensors_headers_raise_a_reason(tmp_path, data, reason):
+    with pytest.raises(HeaderError, match=reason):
+        read_header(raw(tmp_path, "x.safetensors", data))
+
+
+def test_non_dict_metadata_is_reported_and_the_rest_used(tmp_path):
+    header = json.dumps({"__metadata__": "oops", "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": {"dtype": "F16", "shape": [4, 768], "data_offsets": [0, 0]}}).encode()
+    info = read_header(raw(tmp_path, "x.safetensors", struct.pack("<Q", len(header)) + header))
+    assert "not an object" in info.problem and info.type == "lora" and info.base == "sd1" and info.embedded == {}
+
+
+def test_json_strings_in_metadata_are_decoded(tmp_path):
+    path = model_factory.write_lora(tmp_path / "x.safetensors", metadata={"ss_tag_frequency": '{"1_hero": {"cape": 3}}', "ss_note": "{not json", "ss_v2": "False"})
+    info = read_header(str(path))
+    assert info.embedded["ss_tag_frequency"] == {"1_hero": {"cape": 3}}
+    assert info.embedded["ss_note"] == "{not json" and info.embedded["ss_v2"] == "False"
+
+
+def test_pickles_are_never_opened(tmp_path):
+    info = read_header(raw(tmp_path, "x.ckpt", b"\x80\x04garbage"))
+    assert info.format == "pickle" and info.type is None and info.embedded == {}
+
+
+def test_gguf_metadata_and_classification(tmp_path):
+    info = read_header(str(model_factory.write_gguf(tmp_path / "flux.gguf", arch="flux")))
+    assert info.format == "gguf" and info.embedded["general.name"] == "tiny"
+    assert (info.type, info.base) == ("unet", "flux1")
+
+
+def test_garbage_gguf_raises(tmp_path):
+    with pytest.raises(HeaderError):
+        read_header(raw(tmp_path, "x.gguf", b"GGUF" + b"\xff" * 64))
+
+
+CASES = [
+    (model_factory.write_checkpoint, {"base": "sd1"}, ("checkpoint", "sd1")),
+    (model_factory.write_checkpoint, {"base": "sd2"}, ("checkpoint", "sd2")),
+    (model_factory.write_checkpoint, {"base": "sdxl"}, ("checkpoint", "sdxl")),
+    (model_factory.write_checkpoint, {"base": "sd3"}, ("checkpoint", "sd3")),
+    (model_factory.write_checkpoint, {"base": "flux1"}, ("checkpoint", "flux1")),
+    (model_factory.write_unet, {"base": "flux1"}, ("unet", "flux1")),
+    (model_factory.write_unet, {"base": "sdxl"}, ("unet", "sdxl")),
+    (model_factory.write_lora, {"base": "sd1"}, ("lora", "sd1")),
+    (model_factory.write_lora, {"base": "sd2"}, ("lora", "sd2")),
+    (model_factory.write_lora, {"base": "sdxl"}, ("lora", "sdxl")),
+    (model_factory.write_lora, {"base": "flux1"}, ("lora", "flux1")),
+    (model_factory.write_lora, {"base": "sd1", "variant": "locon"}, ("locon", "sd1")),
+    (model_factory.write_lora, {"base": "sdxl", "variant": "loha"}, ("loha", "sdxl")),
+    (model_factory.write_lora, {"base": "sd1", "variant": "lokr"}, ("lokr", None)),
+    (model_factory.write_lora, {"base": "sd1", "variant": "dora"}, ("dora", "sd1")),
+    (model_factory.write_vae, {}, ("vae", None)),
+    (model_factory.write_embedding, {"base": "sd1"}, ("embedding", "sd1")),
+    (model_factory.write_embedding, {"base": "sd2"}, ("embedding", "sd2")),
+    (model_factory.write_embedding, {"base": "sdxl"}, ("embedding", None)),
+    (model_factory.write_controlnet, {"base": "sd1"}, ("controlnet", "sd1")),
+    (model_factory.write_upscaler, {}, ("upscaler", None)),
+    (model_factory.write_text_encoder, {"kind": "t5"}, ("text_encoder", None)),
+    (model_factory.write_text_encoder, {"kind": "clip"}, ("text_encoder", None)),
+]
+
+
+@pytest.mark.parametrize("writer, kwargs, expected", CASES)
+def test_content_classification(tmp_path, writer, kwargs, expected):
+    info = read_header(str(writer(tmp_path / "m.safetensors", **kwargs)))
+    assert (info.type, info.base) == expected
+
+
+def test_metadata_hints_fill_an_unknown_base_only(tmp_path):
+    lokr = model_factory.write_lora(tmp_path / "a.safetensors", base="sd1", variant="lokr", metadata={"ss_base_model_version": "sdxl_base_v1-0"})
+    assert read_header(str(lokr)).base == "sdxl"
+    sd1 = model_factory.write_lora(tmp_path / "b.safetensors", base="sd1", metadata={"modelspec.architecture": "flux-1-dev/lora"})
+    assert read_header(str(sd1)).base == "sd1"  # the tensors say SD1; they win
+
+
+def test_unknown_content_stays_unknown():
+    assert classify({"some.random.weight": [3, 3]}, {}) == (None, None)
