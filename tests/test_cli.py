@@ -65,3 +65,31 @@ def test_scan_text_output_lists_problems(tmp_path):
 def test_bad_role_is_a_usage_error(tmp_path):
     out = run("scan", "--role", "nonsense=/x", cwd=tmp_path)
     assert out.returncode == 2 and "KIND=DIR" in out.stderr
+
+
+def test_scan_on_a_terminal_shows_a_progress_bar(tmp_path):
+    import pty
+
+    model_factory.write_padded(tmp_path / "m" / "big.safetensors", 9 * 1024 * 1024)
+    command = [MODELSYNC] if MODELSYNC else [sys.executable, "-m", "modelsync.cli.main"]
+    pid, fd = pty.fork()
+    if pid == 0:
+        import fcntl
+        import struct
+        import termios
+
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # a terminal 120 columns wide
+        os.execvpe(command[0], [*command, "scan", str(tmp_path / "m"), "--hash", "--data", str(tmp_path / "d")], os.environ)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert "hashing" in text and "100%" in text and "1/1 files" in text
+    assert "Scan complete! Found 1 model files" in text

@@ -312,3 +312,27 @@ def test_existing_values_are_never_overwritten_by_a_later_sidecar(tmp_path, db):
     assert model["description"] == "first"  # kept
     assert model["notes"] == "new note"  # null filled
     assert report.stats.updated == 1
+
+
+def test_a_status_line_every_ten_models_and_debug_decisions(tmp_path, db, caplog):
+    for i in range(12):
+        model_factory.write_lora(tmp_path / "l" / f"x{i}.safetensors", base="sd1")
+    with caplog.at_level("DEBUG", logger="modelsync.shared.scanner"):
+        scan([Root(str(tmp_path / "l"), "lora")], db, "node1", calculate_hashes=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "hashing: 10/12 models" in messages and "reading: 10/12 models" in messages
+    assert any(m.endswith("type=lora base=sd1") for m in messages)
+    assert any(m.endswith(": type from embedded") for m in messages)
+    assert any("hashed, sha256" in m for m in messages)
+
+
+def test_progress_reports_files_bytes_and_eta(tmp_path, db):
+    for i in range(3):
+        model_factory.write_padded(tmp_path / "l" / f"big{i}.safetensors", 9 * 1024 * 1024)
+    seen = []
+    scan([Root(str(tmp_path / "l"), "lora")], db, "node1", calculate_hashes=True, progress=seen.append)
+    hashing = [p for p in seen if p.phase == "hashing"]
+    assert hashing[-1].files_done == 3 and hashing[-1].bytes_done == hashing[-1].bytes_total
+    assert hashing[-1].bytes_total == sum(p.stat().st_size for p in (tmp_path / "l").iterdir())
+    assert any(p.eta_seconds is not None for p in hashing)
+    assert [p.phase for p in seen][0] == "discovering" and seen[-1].phase == "done"
