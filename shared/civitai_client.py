@@ -80,21 +80,26 @@ class CivitaiClient:
             return "rate_limited", retry_after, "HTTP 429: rate limited"
         return "error", retry_after, f"HTTP {response.status_code}: {response.text[:200]}"
 
-    def by_hash(self, sha256: str) -> LookupResult:
-        url = f"{self.base_url}/api/v1/model-versions/by-hash/{sha256.upper()}"
+    def _call(self, method: str, url: str, **kwargs: Any) -> tuple[Any, str, float | None, str | None]:
+        """(decoded JSON or None, status, retry_after, error); status is ok | not_found | rate_limited | error."""
         try:
-            response = self.session.get(url, headers=self._headers(), timeout=self.timeout)
+            response = self.session.request(method, url, headers=self._headers(), timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
-            return LookupResult("error", error=f"{type(exc).__name__}: {exc}")
+            return None, "error", None, f"{type(exc).__name__}: {exc}"
         if response.status_code == 404:
-            return LookupResult("not_found")
+            return None, "not_found", None, None
         if response.status_code != 200:
             status, retry_after, error = self._failure(response)
-            return LookupResult(status, retry_after=retry_after, error=error)
+            return None, status, retry_after, error
         try:
-            data = response.json()
+            return response.json(), "ok", None, None
         except ValueError:
-            return LookupResult("error", error="answer is not JSON")
+            return None, "error", None, "answer is not JSON"
+
+    def by_hash(self, sha256: str) -> LookupResult:
+        data, status, retry_after, error = self._call("GET", f"{self.base_url}/api/v1/model-versions/by-hash/{sha256.upper()}")
+        if status != "ok":
+            return LookupResult(status, retry_after=retry_after, error=error)
         if not isinstance(data, dict):
             return LookupResult("error", error="answer is not a JSON object")
         return LookupResult("found", data=data)
@@ -103,17 +108,9 @@ class CivitaiClient:
         if len(sha256s) > BULK_LIMIT:
             raise ValueError(f"at most {BULK_LIMIT} hashes per request")
         url = f"{self.base_url}/api/v1/model-versions/by-hash"
-        try:
-            response = self.session.post(url, json=[h.upper() for h in sha256s], headers=self._headers(), timeout=self.timeout)
-        except requests.RequestException as exc:
-            return BulkResult("error", error=f"{type(exc).__name__}: {exc}")
-        if response.status_code != 200:
-            status, retry_after, error = self._failure(response)
-            return BulkResult(status, retry_after=retry_after, error=error)
-        try:
-            versions = response.json()
-        except ValueError:
-            return BulkResult("error", error="answer is not JSON")
+        versions, status, retry_after, error = self._call("POST", url, json=[h.upper() for h in sha256s])
+        if status != "ok":
+            return BulkResult("error" if status == "not_found" else status, retry_after=retry_after, error=error or "HTTP 404")
         if not isinstance(versions, list):
             return BulkResult("error", error="answer is not a JSON list")
         wanted = {h.lower() for h in sha256s}
