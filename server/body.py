@@ -54,11 +54,15 @@ def gunzip(data: bytes, max_bytes: int) -> bytes:
     return b"".join(out)
 
 
-def decode_json(raw: bytes, encoding: str, max_decompressed: int) -> Any:
+def decompress(raw: bytes, encoding: str, max_decompressed: int) -> bytes:
     if encoding == "gzip":
-        raw = gunzip(raw, max_decompressed)
-    elif encoding not in ("", "identity"):
+        return gunzip(raw, max_decompressed)
+    if encoding not in ("", "identity"):
         raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none", "Content-Encoding")
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; a JSON object is expected", "body")
     try:
@@ -69,15 +73,23 @@ def decode_json(raw: bytes, encoding: str, max_decompressed: int) -> Any:
         raise ApiError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "body") from None
 
 
-async def read_json(request: Request, max_bytes: int, max_decompressed: int, *, optional: bool = False) -> Any:
-    """The decoded body; with optional=True an empty body reads as {}. Decoding runs off the event loop."""
+async def read_body(request: Request, max_bytes: int, max_decompressed: int) -> bytes:
+    """The body, decompressed (large ones off the event loop)."""
     raw = await read_raw(request, max_bytes)
-    if optional and not raw.strip():
-        return {}
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if len(raw) < 65536 and encoding != "gzip":
-        return decode_json(raw, encoding, max_decompressed)
-    return await run_in_threadpool(decode_json, raw, encoding, max_decompressed)
+        return decompress(raw, encoding, max_decompressed)
+    return await run_in_threadpool(decompress, raw, encoding, max_decompressed)
+
+
+async def read_json(request: Request, max_bytes: int, max_decompressed: int, *, optional: bool = False) -> Any:
+    """The decoded body; with optional=True an empty body reads as {}."""
+    raw = await read_body(request, max_bytes, max_decompressed)
+    if optional and not raw.strip():
+        return {}
+    if len(raw) < 65536:
+        return parse_json(raw)
+    return await run_in_threadpool(parse_json, raw)
 
 
 def expect_object(body: Any) -> dict[str, Any]:

@@ -1,15 +1,11 @@
 """Every error the API returns is JSON: {"error": "what went wrong", "field": "which part of the request"}."""
 from __future__ import annotations
 
-import logging
-
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from modelsync.shared.inventory import InventoryError
-
-log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -41,7 +37,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("%s %s failed", request.method, request.url.path)
+    # uvicorn logs the traceback: Starlette re-raises after this answer is sent
     return error_response(500, f"internal error: {type(exc).__name__}")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ SORT_COLUMNS = {
     "id": "m.id",
 }
 MAX_PAGE_SIZE = 500
+_HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")
 
 
 def preview_url(model_id: int) -> str:
@@ -127,11 +129,12 @@ def list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str,
     text = (params.get("text") or params.get("q") or "").strip()
     if text:
         pattern = _like(text)
-        where.append(
-            "(m.name LIKE ? ESCAPE '\\' OR m.filename LIKE ? ESCAPE '\\' OR m.civitai_model_name LIKE ? ESCAPE '\\'"
-            " OR m.hash_sha256 LIKE ? OR m.hash_autov3 LIKE ?)"
-        )
-        args.extend([pattern, pattern, pattern, text.lower() + "%", text.lower() + "%"])
+        clauses = ["m.name LIKE ? ESCAPE '\\'", "m.filename LIKE ? ESCAPE '\\'", "m.civitai_model_name LIKE ? ESCAPE '\\'"]
+        args.extend([pattern, pattern, pattern])
+        if _HEX.match(text):
+            clauses += ["m.hash_sha256 LIKE ?", "m.hash_autov3 LIKE ?"]
+            args.extend([text.lower() + "%"] * 2)
+        where.append("(" + " OR ".join(clauses) + ")")
     server = params.get("server")
     if server:
         where.append("EXISTS (SELECT 1 FROM model_server_availability a WHERE a.model_id = m.id AND a.server_id = ?)")

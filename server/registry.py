@@ -106,6 +106,6 @@ class Registry:
             # children (tables with foreign keys) first, so no row ever points at a deleted one
             for name in sorted(tables, key=lambda t: not db[t].foreign_keys):
                 db.execute(f"DELETE FROM [{name}]")
-            db.execute("UPDATE servers SET last_sync = NULL, last_sync_summary = NULL")
+            db.execute("UPDATE servers SET last_sync = NULL, last_sync_summary = NULL, inventory_digest = NULL")
         log.warning("registry reset; previous content kept in %s", backup)
         return backup

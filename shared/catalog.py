@@ -119,8 +119,9 @@ def _v1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-def _v2_previews_and_listing_indexes(db: sqlite_utils.Database) -> None:
-    """Central previews (one per SHA256, fetched once) and the indexes the model listing filters on."""
+def _v2_central_registry(db: sqlite_utils.Database) -> None:
+    """Central previews (one per SHA256, fetched once), the digest of each node's last applied inventory (an
+    identical re-send is answered without re-applying it), and the indexes the model listing filters on."""
     db["model_previews"].create(
         {
             "sha256": str,
@@ -135,13 +136,14 @@ def _v2_previews_and_listing_indexes(db: sqlite_utils.Database) -> None:
         },
         pk="sha256",
     )
+    db["servers"].add_column("inventory_digest", str)
     db["models"].create_index(["base"])
     db["models"].create_index(["name"])
     db["model_server_availability"].create_index(["server_id", "model_id"])
 
 
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_previews_and_listing_indexes]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_central_registry]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,125 @@
+"""The Starlette application: registry opened (and migrated) at start-up, the Civitai worker started and stopped
+with it, every API route, JSON errors, the OpenAPI description at /api/v1/openapi.json."""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import logging
+import time
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+from starlette.schemas import SchemaGenerator
+
+from . import routes_models, routes_servers
+from .auth import load_admin_token
+from .civitai_worker import CivitaiWorker
+from .config import ServerConfig
+from .context import ServerContext, context
+from .errors import EXCEPTION_HANDLERS
+from .own_node import OwnNode
+from .previews import PreviewStore
+from .queries import Liveness
+from .registry import Registry
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1"
+_schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "modelsync central server", "version": API_VERSION}})
+
+
+def health(request: Request) -> JSONResponse:
+    """Liveness and a few counts.
+    ---
+    summary: Health check
+    responses:
+      200: {description: "{status: ok, schema_version, models, servers, civitai_worker, uptime_seconds}"}
+    """
+    ctx = context(request)
+    conn = ctx.registry.db().conn
+    models = conn.execute("SELECT COUNT(*) FROM models").fetchone()[0]
+    servers = conn.execute("SELECT COUNT(*) FROM servers").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return JSONResponse(
+        {
+            "status": "ok",
+            "schema_version": version,
+            "models": models,
+            "servers": servers,
+            "civitai_worker": ctx.worker.status() if ctx.worker is not None else None,
+            "uptime_seconds": round(time.monotonic() - request.app.state.started, 3),
+        }
+    )
+
+
+def openapi(request: Request) -> JSONResponse:
+    """This API's OpenAPI description.
+    ---
+    summary: OpenAPI description of this API
+    responses:
+      200: {description: OpenAPI 3 document}
+    """
+    state = request.app.state
+    if getattr(state, "openapi_schema", None) is None:
+        state.openapi_schema = _schemas.get_schema(routes=request.app.routes)
+    return JSONResponse(state.openapi_schema)
+
+
+def _extra_routes() -> list[BaseRoute]:
+    """Routes other parts of the project add when their module is present: job checks, the dashboard."""
+    routes: list[BaseRoute] = []
+    for name in ("routes_jobs", "dashboard"):
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            routes.extend(importlib.import_module(f"{__package__}.{name}").ROUTES)
+    return routes
+
+
+def create_app(config: ServerConfig | None = None) -> Starlette:
+    config = config or ServerConfig.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        registry = Registry(config.database_path, config.backups_path)
+        registry.open()
+        previews = PreviewStore(config.previews_path, config.preview_max_side)
+        ctx = ServerContext(
+            config=config,
+            registry=registry,
+            admin_token=load_admin_token(config),
+            liveness=Liveness(config.offline_after_seconds, config.own_server_id),
+            own_node=OwnNode(config),
+            previews=previews,
+        )
+        if config.civitai_enabled:
+            ctx.worker = CivitaiWorker(registry, config, previews)
+            ctx.worker.start()
+        app.state.modelsync = ctx
+        log.info("registry %s ready; Civitai worker %s", config.database_path, "running" if ctx.worker else "disabled")
+        try:
+            yield
+        finally:
+            if ctx.worker is not None:
+                ctx.worker.stop()
+            registry.close()
+            log.info("stopped cleanly")
+
+    app = Starlette(
+        routes=[
+            Route("/api/v1/health", health, methods=["GET"]),
+            Route("/api/v1/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+            *routes_servers.ROUTES,
+            *routes_models.ROUTES,
+            *_extra_routes(),
+        ],
+        middleware=[Middleware(GZipMiddleware, minimum_size=4096)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.state.started = time.monotonic()
+    return app

@@ -1,0 +1,190 @@
+"""What the registry knows of its Civitai lookups: which models are due, and recording each answer.
+
+Lookups are keyed by SHA256 in `civitai_lookups`: `next_attempt_at` NULL means "not again" (found), a time
+means "due then" (after a 404: the re-check age; after an error: the back-off). A model with null Civitai
+fields and no lookup row is due now.
+"""
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import sqlite_utils
+
+from modelsync.shared.catalog import write_transaction
+from modelsync.shared.metadata_merge import merge
+from modelsync.shared.metadata_sources import from_civitai_version
+from modelsync.shared.records import MANUAL_SOURCE, METADATA_FIELDS, SOURCE_PRIORITY, MetadataContribution
+
+from .registry import iso, utc_now
+
+SOURCE = "civitai_api"
+UNKNOWN = "none"
+# The Civitai text fields a 404 sets to "none", so that nodes and the dashboard see "Civitai does not know it".
+UNKNOWN_MARKED_FIELDS = (
+    "civitai_model_name",
+    "civitai_model_base",
+    "civitai_model_type",
+    "civitai_model_version_name",
+    "civitai_model_version_desc",
+    "civitai_model_version_date",
+    "civitai_download_url",
+    "civitai_image_url",
+)
+_JSON_FIELDS = ("trained_words", "civitai_trained_words")
+
+
+def due_lookups(db: sqlite_utils.Database, limit: int) -> list[str]:
+    now = iso(utc_now())
+    rows = db.conn.execute(
+        """SELECT m.hash_sha256 FROM models m LEFT JOIN civitai_lookups l ON l.sha256 = m.hash_sha256
+           WHERE (l.sha256 IS NULL AND (m.civitai_version_id IS NULL OR m.civitai_model_name IS NULL))
+              OR (l.next_attempt_at IS NOT NULL AND l.next_attempt_at <= ?)
+           ORDER BY l.next_attempt_at IS NOT NULL, l.next_attempt_at, m.id LIMIT ?""",
+        [now, limit],
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def next_due_at(db: sqlite_utils.Database) -> str | None:
+    row = db.conn.execute(
+        """SELECT MIN(l.next_attempt_at) FROM civitai_lookups l JOIN models m ON m.hash_sha256 = l.sha256
+           WHERE l.next_attempt_at IS NOT NULL"""
+    ).fetchone()
+    return row[0] if row else None
+
+
+def due_previews(db: sqlite_utils.Database, limit: int) -> list[tuple[str, str]]:
+    """(sha256, image URL) of models with a Civitai image and no preview attempt yet."""
+    return db.conn.execute(
+        """SELECT m.hash_sha256, m.civitai_image_url FROM models m LEFT JOIN model_previews p ON p.sha256 = m.hash_sha256
+           WHERE m.civitai_image_url IS NOT NULL AND m.civitai_image_url != ? AND p.sha256 IS NULL
+           ORDER BY m.id LIMIT ?""",
+        [UNKNOWN, limit],
+    ).fetchall()
+
+
+def requeue_lookup(db: sqlite_utils.Database, sha256: str) -> None:
+    """Due now (refresh-metadata); a failed preview is tried again too."""
+    now = iso(utc_now())
+    with write_transaction(db):
+        db.conn.execute(
+            """INSERT INTO civitai_lookups (sha256, status, attempts, next_attempt_at) VALUES (?, 'queued', 0, ?)
+               ON CONFLICT(sha256) DO UPDATE SET next_attempt_at = excluded.next_attempt_at""",
+            [sha256, now],
+        )
+        db.conn.execute("DELETE FROM model_previews WHERE sha256 = ? AND status != 'stored'", [sha256])
+
+
+def _metadata_source(sources: dict[str, str], fields: dict[str, Any]) -> str | None:
+    """The highest-priority source that gave a real value ("none" marks do not count)."""
+    rank = {MANUAL_SOURCE: -1, **{s: i for i, s in enumerate(SOURCE_PRIORITY)}}
+    real = {source for name, source in sources.items() if fields.get(name) not in (None, UNKNOWN)}
+    return min(real, key=lambda s: rank.get(s, len(rank)), default=None)
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    for col in (*_JSON_FIELDS, "field_sources", "overrides"):
+        if isinstance(row.get(col), str):
+            row[col] = json.loads(row[col])
+    return row
+
+
+def _model(db: sqlite_utils.Database, sha256: str) -> dict[str, Any] | None:
+    cursor = db.conn.execute("SELECT * FROM models WHERE hash_sha256 = ?", [sha256])
+    values = cursor.fetchone()
+    if values is None:
+        return None
+    return _decoded(dict(zip([d[0] for d in cursor.description], values)))
+
+
+def _write_fields(db: sqlite_utils.Database, model: dict[str, Any], fields: dict[str, Any], sources: dict[str, str]) -> set[str]:
+    changed = {name for name in METADATA_FIELDS if fields.get(name) != model.get(name)}
+    row: dict[str, Any] = {name: fields.get(name) for name in changed}
+    for name in _JSON_FIELDS:
+        if row.get(name) is not None:
+            row[name] = json.dumps(row[name], ensure_ascii=False)
+    kept_sources = {k: v for k, v in sources.items() if fields.get(k) is not None}
+    if kept_sources != (model.get("field_sources") or {}):
+        row["field_sources"] = json.dumps(kept_sources, sort_keys=True)
+    source = _metadata_source(kept_sources, fields)
+    if source != model.get("metadata_source"):
+        row["metadata_source"] = source
+    if row:
+        row["updated_at"] = iso(utc_now())
+        assignments = ", ".join(f"[{c}] = ?" for c in row)
+        db.conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", [*row.values(), model["id"]])
+    return changed
+
+
+def _record(db: sqlite_utils.Database, sha256: str, status: str, next_attempt_at: str | None, **extra: Any) -> None:
+    now = iso(utc_now())
+    db.conn.execute(
+        """INSERT INTO civitai_lookups (sha256, status, checked_at, attempts, next_attempt_at, version_id, error, response)
+           VALUES (:sha256, :status, :now, 1, :next, :version_id, :error, :response)
+           ON CONFLICT(sha256) DO UPDATE SET status = :status, checked_at = :now, attempts = COALESCE(attempts, 0) + 1,
+             next_attempt_at = :next, version_id = COALESCE(:version_id, version_id), error = :error,
+             response = COALESCE(:response, response)""",
+        {"sha256": sha256, "status": status, "now": now, "next": next_attempt_at,
+         "version_id": extra.get("version_id"), "error": extra.get("error"), "response": extra.get("response")},
+    )
+
+
+def record_found(db: sqlite_utils.Database, sha256: str, version: dict[str, Any], origin: str) -> set[str]:
+    """Fill the model's null fields from a Civitai version (never overwriting; earlier "none" marks give way)."""
+    offered = from_civitai_version(version, sha256)
+    with write_transaction(db):
+        model = _model(db, sha256)
+        changed: set[str] = set()
+        if model is not None:
+            existing = {k: model.get(k) for k in METADATA_FIELDS}
+            sources = dict(model.get("field_sources") or {})
+            for name in UNKNOWN_MARKED_FIELDS:
+                if existing.get(name) == UNKNOWN and sources.get(name) == SOURCE:
+                    existing[name] = None
+                    sources.pop(name)
+            merged = merge([MetadataContribution(SOURCE, offered, origin)], existing, sources, model.get("overrides") or {})
+            changed = _write_fields(db, model, merged.fields, merged.field_sources)
+        version_id = version.get("id") if isinstance(version.get("id"), int) else None
+        _record(db, sha256, "found", None, version_id=version_id, response=json.dumps(version, ensure_ascii=False))
+    return changed
+
+
+def record_not_found(db: sqlite_utils.Database, sha256: str, recheck_days: float) -> set[str]:
+    """Civitai does not know this file: null Civitai text fields become "none"; ask again after recheck_days."""
+    with write_transaction(db):
+        model = _model(db, sha256)
+        changed: set[str] = set()
+        if model is not None:
+            marks = {name: UNKNOWN for name in UNKNOWN_MARKED_FIELDS if model.get(name) is None}
+            merged = merge(
+                [MetadataContribution(SOURCE, marks)],
+                {k: model.get(k) for k in METADATA_FIELDS},
+                model.get("field_sources") or {},
+                model.get("overrides") or {},
+            )
+            changed = _write_fields(db, model, merged.fields, merged.field_sources)
+        _record(db, sha256, "not_found", iso(utc_now() + timedelta(days=recheck_days)))
+    return changed
+
+
+def record_error(db: sqlite_utils.Database, sha256: str, error: str, retry_in_seconds: float) -> None:
+    """A failed lookup (timeout, 429, 5xx...): nothing about the model changes; it is due again later."""
+    with write_transaction(db):
+        _record(db, sha256, "error", iso(utc_now() + timedelta(seconds=retry_in_seconds)), error=error[:1000])
+
+
+def attempts(db: sqlite_utils.Database, sha256: str) -> int:
+    row = db.conn.execute("SELECT attempts FROM civitai_lookups WHERE sha256 = ?", [sha256]).fetchone()
+    return (row[0] or 0) if row else 0
+
+
+def record_preview(db: sqlite_utils.Database, sha256: str, url: str, status: str, **details: Any) -> None:
+    with write_transaction(db):
+        db.conn.execute(
+            """INSERT OR REPLACE INTO model_previews (sha256, status, source_url, content_type, width, height, bytes, checked_at, error)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [sha256, status, url, details.get("content_type"), details.get("width"), details.get("height"),
+             details.get("bytes"), iso(utc_now()), details.get("error")],
+        )

@@ -1,0 +1,204 @@
+"""The Civitai enrichment worker: one background thread for the whole fleet, never in a request's path.
+
+It looks up due models by full SHA256 (the bulk endpoint when several are due), fills only null fields,
+marks 404s "none" until the re-check age, and fetches each model's first still image once as its preview.
+All requests share one rate (CIVITAI_REQUESTS_PER_MINUTE). A 429 or a server error pauses every request
+(Retry-After when given, else exponential back-off); a timeout only delays that model, never marks it unknown.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from modelsync.shared.civitai_client import CivitaiClient, ImageRejected
+
+from . import civitai_state as state
+from .config import ServerConfig
+from .previews import PreviewError, PreviewStore
+from .registry import Registry, parse_iso, utc_now
+
+log = logging.getLogger(__name__)
+
+BULK_LIMIT = 100  # hashes per POST /api/v1/model-versions/by-hash
+
+
+class CivitaiWorker:
+    def __init__(self, registry: Registry, config: ServerConfig, previews: PreviewStore, client: CivitaiClient | None = None):
+        self.registry = registry
+        self.config = config
+        self.previews = previews
+        self.client = client or CivitaiClient(
+            base_url=config.civitai_api_base, api_key=config.civitai_api_key, timeout=config.civitai_timeout_seconds
+        )
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_request = 0.0
+        self._paused_until = 0.0  # monotonic; fleet-wide back-off after 429 / 5xx
+        self._failures = 0  # consecutive fleet-level failures, for the exponential back-off
+        self.counts = {"found": 0, "not_found": 0, "errors": 0, "previews": 0}
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="civitai-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("Civitai worker still waiting on a request; leaving it (no transaction is open)")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        paused = max(0.0, self._paused_until - time.monotonic())
+        return {"running": self._thread is not None and self._thread.is_alive(), "paused_seconds": round(paused, 1), **self.counts}
+
+    def _run(self) -> None:
+        log.info("Civitai worker started (%s, %.0f requests/minute)", self.config.civitai_api_base, self.config.civitai_requests_per_minute)
+        while not self._stop.is_set():
+            try:
+                worked = self.step()
+            except Exception:  # a bug or a broken database must not end enrichment for good
+                log.exception("Civitai worker step failed")
+                worked = False
+            if not worked:
+                self._idle()
+
+    def _idle(self) -> None:
+        timeout = self.config.worker_idle_seconds
+        due = parse_iso(state.next_due_at(self.registry.db()))
+        if due is not None:
+            timeout = max(0.05, min(timeout, (due - utc_now()).total_seconds()))
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopping; returns False when the worker is stopping."""
+        return not self._stop.wait(seconds) if seconds > 0 else not self._stop.is_set()
+
+    # --- one round ---------------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """Do one batch of due work; returns False when there was nothing to do."""
+        db = self.registry.db()
+        if not self._sleep(self._paused_until - time.monotonic()):
+            return True
+        due = state.due_lookups(db, self.config.civitai_batch_size)
+        if due:
+            self._look_up(due)
+            return True
+        previews = state.due_previews(db, self.config.civitai_batch_size)
+        if previews:
+            for sha256, url in previews:
+                if self._stop.is_set() or not self._fetch_preview(sha256, url):
+                    break
+            return True
+        return False
+
+    def _throttle(self) -> bool:
+        per_minute = self.config.civitai_requests_per_minute
+        interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        pause = max(self._last_request + interval, self._paused_until) - time.monotonic()
+        if not self._sleep(pause):
+            return False
+        self._last_request = time.monotonic()
+        return True
+
+    def _back_off(self, retry_after: float | None) -> float:
+        """Pause every request; returns the pause in seconds."""
+        self._failures += 1
+        delay = retry_after if retry_after is not None else 2.0 ** (self._failures - 1)
+        delay = min(max(delay, 0.0), self.config.civitai_max_backoff_seconds)
+        self._paused_until = time.monotonic() + delay
+        log.warning("Civitai: pausing all lookups for %.1f s", delay)
+        return delay
+
+    def _model_retry_delay(self, sha256: str) -> float:
+        tries = state.attempts(self.registry.db(), sha256) + 1
+        return min(2.0 ** (tries - 1), self.config.civitai_max_backoff_seconds)
+
+    def _look_up(self, hashes: list[str]) -> None:
+        if len(hashes) > 1:
+            for start in range(0, len(hashes), BULK_LIMIT):
+                if not self._look_up_bulk(hashes[start : start + BULK_LIMIT]):
+                    return
+            return
+        self._look_up_one(hashes[0])
+
+    def _look_up_one(self, sha256: str) -> bool:
+        if not self._throttle():
+            return False
+        result = self.client.by_hash(sha256)
+        db = self.registry.db()
+        if result.status == "found":
+            self._failures = 0
+            state.record_found(db, sha256, result.data, self._origin())
+            self.counts["found"] += 1
+            log.info("Civitai: %s found (version %s)", sha256[:10], (result.data or {}).get("id"))
+        elif result.status == "not_found":
+            self._failures = 0
+            state.record_not_found(db, sha256, self.config.civitai_recheck_days)
+            self.counts["not_found"] += 1
+            log.info("Civitai: %s not known", sha256[:10])
+        else:
+            self._failed([sha256], result.status, result.error, result.retry_after)
+            return False
+        return True
+
+    def _look_up_bulk(self, hashes: list[str]) -> bool:
+        if not self._throttle():
+            return False
+        result = self.client.by_hashes(hashes)
+        if result.status != "ok":
+            self._failed(hashes, result.status, result.error, result.retry_after)
+            return False
+        self._failures = 0
+        db = self.registry.db()
+        for sha256 in hashes:
+            version = result.found.get(sha256)
+            if version is not None:
+                state.record_found(db, sha256, version, self._origin())
+                self.counts["found"] += 1
+            else:
+                state.record_not_found(db, sha256, self.config.civitai_recheck_days)
+                self.counts["not_found"] += 1
+        log.info("Civitai: bulk lookup of %d hashes, %d found", len(hashes), len(result.found))
+        return True
+
+    def _failed(self, hashes: list[str], status: str, error: str | None, retry_after: float | None) -> None:
+        """429 and server errors pause the fleet; every model asked stays unknown-free and is due again later."""
+        pause = self._back_off(retry_after)
+        db = self.registry.db()
+        for sha256 in hashes:
+            state.record_error(db, sha256, f"{status}: {error or ''}".strip(": "), max(pause, self._model_retry_delay(sha256)))
+        self.counts["errors"] += 1
+        log.warning("Civitai lookup failed (%s) for %d models: %s", status, len(hashes), error)
+
+    def _origin(self) -> str:
+        return f"{self.config.civitai_api_base}/api/v1/model-versions/by-hash"
+
+    # --- previews --------------------------------------------------------------------------------------------
+    def _fetch_preview(self, sha256: str, url: str) -> bool:
+        """Download, convert and store one preview (one attempt; refresh-metadata allows another).
+        Returns False when the worker is stopping."""
+        if not self._throttle():
+            return False
+        db = self.registry.db()
+        try:
+            data, content_type = self.client.download_image(url, set(self.config.civitai_image_hosts), self.config.preview_max_bytes)
+            stored = self.previews.store(sha256, data)
+        except (ImageRejected, PreviewError) as exc:
+            state.record_preview(db, sha256, url, "failed", error=str(exc)[:1000])
+            log.info("Civitai: no preview for %s: %s", sha256[:10], exc)
+            return True
+        state.record_preview(
+            db, sha256, url, "stored", content_type=content_type, width=stored.width, height=stored.height, bytes=stored.bytes
+        )
+        self.counts["previews"] += 1
+        return True

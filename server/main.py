@@ -1,0 +1,28 @@
+"""`modelsync serve`: run the central server with uvicorn (loopback by default, logs to stdout)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from .app import create_app
+from .config import ServerConfig
+
+
+def run(host: str = "127.0.0.1", port: int = 8188, config: ServerConfig | None = None) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config or ServerConfig.from_env())
+    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False, timeout_graceful_shutdown=30)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m modelsync.server.main")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8188)
+    args = parser.parse_args()
+    run(args.host, args.port)

@@ -1,0 +1,343 @@
+"""The model API (the seed's paths): listing, info, availability, preview, scan, hashing, refresh, reset."""
+from __future__ import annotations
+
+from typing import Any
+
+import sqlite_utils
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Route
+
+from modelsync.shared.catalog import write_transaction
+from modelsync.shared.inventory import valid_server_id
+from modelsync.shared.names import aliases, kind_of, local_name
+
+from . import queries
+from .auth import authenticate_node, require_admin
+from .body import expect_object, read_json
+from .civitai_state import requeue_lookup
+from .context import ServerContext, context
+from .errors import ApiError
+from .registry import iso, utc_now
+from .sync import forget_digest
+
+
+def list_models(request: Request) -> JSONResponse:
+    """List models, filtered and paginated.
+    ---
+    summary: List models
+    parameters:
+      - {name: type, in: query, description: "model type(s), comma-separated (checkpoint, lora, locon, vae, ...)"}
+      - {name: base, in: query, description: "base architecture(s), comma-separated (sd1, sdxl, flux1, ...)"}
+      - {name: text, in: query, description: "substring of name, file name or Civitai name; or a SHA256/AutoV3 prefix"}
+      - {name: server, in: query, description: "only models this node holds"}
+      - {name: availability, in: query, description: "available (some node holds it), missing (no node), online (an online node holds it), offline (only offline nodes hold it)"}
+      - {name: sort, in: query, description: "name | type | base | size | created | updated | last_used | id"}
+      - {name: order, in: query, description: "asc | desc"}
+      - {name: limit, in: query, description: "page size, 1-500 (default 50)"}
+      - {name: offset, in: query}
+      - {name: page, in: query, description: "1-based page number (instead of offset)"}
+    responses:
+      200: {description: "{models: [...], total, limit, offset, page, pages}"}
+      400: {description: "a bad filter value, named in `field`"}
+    """
+    ctx = context(request)
+    return JSONResponse(queries.list_models(ctx.registry.db(), ctx.liveness, dict(request.query_params)))
+
+
+def model_info(request: Request) -> JSONResponse:
+    """Everything about one model.
+    ---
+    summary: One model with all hashes, metadata, field sources, overrides, files on every node, aliases, Civitai lookup
+    responses:
+      200: {description: the model}
+      404: {description: no such model}
+    """
+    ctx = context(request)
+    return JSONResponse(queries.model_info(ctx.registry.db(), ctx.liveness, request.path_params["id"]))
+
+
+async def get_availability(request: Request) -> JSONResponse:
+    """The nodes that hold a model.
+    ---
+    summary: The nodes that hold a model, with online state, local name, files and last_seen
+    responses:
+      200: {description: "{model_id, sha256, available, online, servers: [{server_id, display_name, api_url, online, local_name, last_seen, files}]}"}
+      404: {description: no such model}
+    """
+    ctx = context(request)
+    # the hot path of job queues: two indexed reads (under a millisecond), answered on the event loop without a
+    # thread hand-off; WAL readers never wait for a writer
+    return JSONResponse(queries.model_availability(ctx.registry.db(), ctx.liveness, request.path_params["id"]))
+
+
+def _server_id_from(body: dict[str, Any], request: Request) -> str:
+    server_id = body.get("server_id") or request.query_params.get("server_id")
+    if not isinstance(server_id, str) or not valid_server_id(server_id):
+        raise ApiError(400, "server_id is required: 1-64 of A-Z a-z 0-9 . _ -", "server_id")
+    return server_id
+
+
+def _text(body: dict[str, Any], name: str, max_len: int = 4096) -> str | None:
+    value = body.get(name)
+    if value is not None and (not isinstance(value, str) or not value or len(value) > max_len):
+        raise ApiError(400, f"{name} must be a non-empty string of at most {max_len} characters", name)
+    return value
+
+
+def _refresh_aliases(db: sqlite_utils.Database, model_id: int, server_id: str) -> None:
+    """Rebuild one model's aliases on one node from the files the node still lists for it."""
+    model = db.conn.execute("SELECT type, output_name FROM models WHERE id = ?", [model_id]).fetchone()
+    files = db.conn.execute(
+        "SELECT rel_name, role, content_type FROM model_server_availability WHERE model_id = ? AND server_id = ? ORDER BY path",
+        [model_id, server_id],
+    ).fetchall()
+    db.conn.execute("DELETE FROM model_aliases WHERE model_id = ? AND server_id = ?", [model_id, server_id])
+    seen: set[tuple[str, str]] = set()
+    for rel_name, role, content_type in files:
+        kind = kind_of(role, content_type or model[0])
+        name = local_name(rel_name, kind)
+        for alias_kind, alias in aliases(rel_name, kind, model[1]):
+            if (alias_kind, alias) not in seen:
+                seen.add((alias_kind, alias))
+                db.conn.execute(
+                    "INSERT INTO model_aliases (model_id, server_id, kind, alias, local_name) VALUES (?, ?, ?, ?, ?)",
+                    [model_id, server_id, alias_kind, alias, name],
+                )
+
+
+def _mark(ctx: ServerContext, request: Request, model_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    db = ctx.registry.db()
+    server_id = _server_id_from(body, request)
+    auth = authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
+    model = queries.get_model(db, model_id)
+    rel_name = _text(body, "rel_name") or _text(body, "local_name") or model["filename"] or model["hash_sha256"]
+    path = _text(body, "path") or rel_name
+    role = _text(body, "role", 32)
+    now = iso(utc_now())
+    with write_transaction(db):
+        existing = db.conn.execute(
+            "SELECT id FROM model_server_availability WHERE server_id = ? AND path = ?", [server_id, path]
+        ).fetchone()
+        if existing is None:
+            db.conn.execute(
+                """INSERT INTO model_server_availability (server_id, model_id, path, rel_name, role, size, last_seen, has_preview)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, 0)""",
+                [server_id, model_id, path, rel_name, role, model["size"], now],
+            )
+        else:
+            db.conn.execute(
+                "UPDATE model_server_availability SET model_id = ?, rel_name = ?, role = COALESCE(?, role), last_seen = ? WHERE id = ?",
+                [model_id, rel_name, role, now, existing[0]],
+            )
+        _refresh_aliases(db, model_id, server_id)
+        forget_digest(db, server_id)
+    answer = {"model_id": model_id, "server_id": server_id, "path": path, "rel_name": rel_name, "created": existing is None}
+    if auth.token:
+        answer.update(registered=True, token=auth.token)
+    return answer
+
+
+def _unmark(ctx: ServerContext, request: Request, model_id: int, body: dict[str, Any]) -> dict[str, Any]:
+    db = ctx.registry.db()
+    server_id = _server_id_from(body, request)
+    authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
+    queries.get_model(db, model_id)
+    path = _text(body, "path") or request.query_params.get("path")
+    with write_transaction(db):
+        if path:
+            removed = db.conn.execute(
+                "DELETE FROM model_server_availability WHERE model_id = ? AND server_id = ? AND path = ?", [model_id, server_id, path]
+            ).rowcount
+        else:
+            removed = db.conn.execute(
+                "DELETE FROM model_server_availability WHERE model_id = ? AND server_id = ?", [model_id, server_id]
+            ).rowcount
+        _refresh_aliases(db, model_id, server_id)
+        forget_digest(db, server_id)
+    if not removed:
+        raise ApiError(404, f"node {server_id!r} lists no {'file ' + repr(path) if path else 'copy'} of model {model_id}", "path" if path else "server_id")
+    return {"model_id": model_id, "server_id": server_id, "removed": removed}
+
+
+async def mark_availability(request: Request) -> JSONResponse:
+    """A node marks that it holds one model.
+    ---
+    summary: Mark a model as held by a node (node token or admin token)
+    requestBody:
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [server_id]
+            properties:
+              server_id: {type: string}
+              path: {type: string, description: "the file's path on the node (default: rel_name)"}
+              rel_name: {type: string, description: "name relative to its model folder (default: the model's file name)"}
+              role: {type: string}
+    responses:
+      200: {description: "{model_id, server_id, path, rel_name, created}"}
+      401: {description: the node is registered and no token was sent}
+      403: {description: another node's token}
+      404: {description: no such model}
+    """
+    ctx = context(request)
+    body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
+    return JSONResponse(await run_in_threadpool(_mark, ctx, request, request.path_params["id"], body))
+
+
+async def unmark_availability(request: Request) -> JSONResponse:
+    """A node (or the admin) removes its copy of a model.
+    ---
+    summary: Unmark a model on a node; `path` removes one file, without it every file of the model on that node
+    parameters:
+      - {name: server_id, in: query}
+      - {name: path, in: query}
+    responses:
+      200: {description: "{model_id, server_id, removed}"}
+      404: {description: the node lists no such copy}
+    """
+    ctx = context(request)
+    body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
+    return JSONResponse(await run_in_threadpool(_unmark, ctx, request, request.path_params["id"], body))
+
+
+def model_preview(request: Request) -> FileResponse:
+    """The model's preview image (JPEG).
+    ---
+    summary: The central preview of a model, fetched once from Civitai and stored as JPEG
+    responses:
+      200: {description: image/jpeg}
+      404: {description: no preview stored for this model}
+    """
+    ctx = context(request)
+    model = queries.get_model(ctx.registry.db(), request.path_params["id"])
+    path = ctx.previews.path(model["hash_sha256"])
+    if not path.is_file():
+        raise ApiError(404, f"no preview is stored for model {model['id']}", "id")
+    return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+
+async def scan_models(request: Request) -> JSONResponse:
+    """Scan MODEL_PATH as the server's own node.
+    ---
+    summary: Scan the server's own MODEL_PATH and return the scan statistics
+    description: 'Body (optional): {"calculate_hashes": true|false}. Files new or changed since the last scan are hashed only when asked.'
+    responses:
+      200: {description: "{success, message, total, added, updated, removed, hashesCalculated, hashesSkipped, hashesCached, duplicates, errors, problems, duplicate_models}"}
+      409: {description: MODEL_PATH is not set, or a scan is already running}
+    """
+    ctx = context(request)
+    body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
+    calculate = body.get("calculate_hashes", False)
+    if not isinstance(calculate, bool):
+        raise ApiError(400, "calculate_hashes must be true or false", "calculate_hashes")
+    result = await run_in_threadpool(lambda: ctx.own_node.scan(ctx.registry.db(), calculate))
+    if ctx.worker is not None:
+        ctx.worker.wake()
+    return JSONResponse(result)
+
+
+async def calculate_model_hash(request: Request) -> JSONResponse:
+    """Re-hash the server's own copies of a model.
+    ---
+    summary: Hash again the files of this model that the server itself holds under MODEL_PATH
+    responses:
+      200: {description: "{model_id, files: [{file_id, path, sha256, autov1, autov2, autov3, changed, error}]}"}
+      409: {description: the server holds no copy of this model, or MODEL_PATH is not set}
+    """
+    ctx = context(request)
+    model_id = request.path_params["id"]
+
+    def work() -> dict[str, Any]:
+        db = ctx.registry.db()
+        queries.get_model(db, model_id)
+        return {"model_id": model_id, "files": ctx.own_node.hash_files(db, ctx.own_node.files_of_model(db, model_id))}
+
+    result = await run_in_threadpool(work)
+    if ctx.worker is not None:
+        ctx.worker.wake()
+    return JSONResponse(result)
+
+
+async def calculate_file_hash(request: Request) -> JSONResponse:
+    """Hash one file the server holds (e.g. one left unhashed by a scan without hashing).
+    ---
+    summary: Hash one of the server's own files (ids from GET /api/v1/servers/{server_id}/files)
+    responses:
+      200: {description: "{file_id, files: [{file_id, path, sha256, ...}]}"}
+      404: {description: no such file}
+      409: {description: the file is on another node}
+    """
+    ctx = context(request)
+    file_id = request.path_params["file_id"]
+
+    def work() -> dict[str, Any]:
+        db = ctx.registry.db()
+        files = ctx.own_node.hash_files(db, [ctx.own_node.file(db, file_id)])
+        row = db.conn.execute("SELECT model_id FROM model_server_availability WHERE id = ?", [file_id]).fetchone()
+        return {"file_id": file_id, "model_id": row[0] if row else None, "files": files}
+
+    result = await run_in_threadpool(work)
+    if ctx.worker is not None:
+        ctx.worker.wake()
+    return JSONResponse(result)
+
+
+async def refresh_metadata(request: Request) -> JSONResponse:
+    """Queue a new Civitai lookup for a model.
+    ---
+    summary: Ask Civitai again for this model (and fetch its preview again if that had failed)
+    responses:
+      200: {description: "{model_id, queued, worker_running}"}
+      404: {description: no such model}
+    """
+    ctx = context(request)
+    model_id = request.path_params["id"]
+
+    def work() -> dict[str, Any]:
+        db = ctx.registry.db()
+        model = queries.get_model(db, model_id)
+        requeue_lookup(db, model["hash_sha256"])
+        return {"model_id": model_id, "sha256": model["hash_sha256"], "queued": True}
+
+    result = await run_in_threadpool(work)
+    if ctx.worker is not None:
+        ctx.worker.wake()
+    return JSONResponse({**result, "worker_running": ctx.worker is not None})
+
+
+async def reset_database(request: Request) -> JSONResponse:
+    """Back up, then empty the registry (admin).
+    ---
+    summary: Back up the database, then empty the registry (models, files, aliases, lookups, previews); nodes and tokens stay
+    responses:
+      200: {description: "{reset: true, backup}"}
+      401: {description: no admin token}
+      403: {description: not the admin token}
+    """
+    ctx = context(request)
+    require_admin(request, ctx.admin_token)
+
+    def work() -> str:
+        backup = ctx.registry.reset()
+        ctx.previews.clear()
+        return str(backup)
+
+    return JSONResponse({"reset": True, "backup": await run_in_threadpool(work)})
+
+
+ROUTES = [
+    Route("/api/v1/models", list_models, methods=["GET"]),
+    Route("/api/v1/models/scan", scan_models, methods=["POST"]),
+    Route("/api/v1/models/reset-database", reset_database, methods=["POST"]),
+    Route("/api/v1/models/{id:int}/info", model_info, methods=["GET"]),
+    Route("/api/v1/models/{id:int}/availability", get_availability, methods=["GET"]),
+    Route("/api/v1/models/{id:int}/availability", mark_availability, methods=["POST"]),
+    Route("/api/v1/models/{id:int}/availability", unmark_availability, methods=["DELETE"]),
+    Route("/api/v1/models/{id:int}/preview", model_preview, methods=["GET"]),
+    Route("/api/v1/models/{id:int}/refresh-metadata", refresh_metadata, methods=["POST"]),
+    Route("/api/v1/models/{id:int}/calculate-hash", calculate_model_hash, methods=["POST"]),
+    Route("/api/v1/files/{file_id:int}/calculate-hash", calculate_file_hash, methods=["POST"]),
+]

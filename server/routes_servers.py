@@ -1,0 +1,179 @@
+"""The node API: inventory sync, heartbeat, the node list, and the admin's node actions."""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from modelsync.shared.catalog import write_transaction
+from modelsync.shared.inventory import parse_inventory, valid_server_id
+
+from . import queries
+from .auth import NodeAuth, authenticate_node, issue_token, require_admin
+from .body import expect_object, parse_json, read_body, read_json
+from .context import ServerContext, context
+from .errors import ApiError
+from .sync import answer_unchanged, last_digest, record_heartbeat, sync_inventory
+
+
+def _server_id(request: Request) -> str:
+    server_id = request.path_params["server_id"]
+    if not valid_server_id(server_id):
+        raise ApiError(400, "server_id must be 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)", "server_id")
+    return server_id
+
+
+def _registration(auth: NodeAuth) -> dict[str, Any]:
+    if not auth.registered:
+        return {"registered": False}
+    answer: dict[str, Any] = {"registered": True}
+    if auth.token:
+        answer["token"] = auth.token
+    return answer
+
+
+def _sync(ctx: ServerContext, request: Request, server_id: str, raw: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(raw).hexdigest()
+    body = expect_object(parse_json(raw))
+    files = body.get("files")
+    limit = ctx.config.max_inventory_files
+    if isinstance(files, list) and len(files) > limit:
+        raise ApiError(413, f"the inventory lists {len(files)} files; the limit is {limit}", "files")
+    if body.get("server_id") != server_id:
+        raise ApiError(400, f"the inventory is for {body.get('server_id')!r}, not {server_id!r} as in the URL", "server_id")
+    db = ctx.registry.db()
+    if digest == last_digest(db, server_id):
+        auth = authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
+        return {**answer_unchanged(db, server_id, body, digest), **_registration(auth)}
+    inventory = parse_inventory(body, max_files=limit)
+    auth = authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
+    return {**sync_inventory(db, inventory, digest), **_registration(auth)}
+
+
+async def sync_models(request: Request) -> JSONResponse:
+    """A node's full inventory, applied in one transaction.
+    ---
+    summary: Sync a node's whole inventory (JSON, optionally Content-Encoding gzip)
+    description: >
+      The body is the inventory (format 1, see docs/api.md). New models are added, null fields filled (never
+      overwritten), the node's availability rows added, refreshed or removed. A node's first contact registers
+      it and returns its token once; afterwards `Authorization: Bearer <token>` is required.
+    responses:
+      200: {description: "{server_id, added, updated, removed, unchanged, new_models, last_sync, enriched: {sha256: {model_id, metadata, field_sources, preview_url}}, registered, token?}"}
+      400: {description: "invalid inventory, JSON or gzip; `field` names the part"}
+      401: {description: the node is registered and no token was sent}
+      403: {description: another node's token, or registration is not open to this client}
+      413: {description: body, decompressed body or file count over the limit}
+      415: {description: unsupported Content-Encoding}
+    """
+    ctx = context(request)
+    server_id = _server_id(request)
+    raw = await read_body(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes)
+    result = await run_in_threadpool(_sync, ctx, request, server_id, raw)
+    if ctx.worker is not None and result["new_models"]:
+        ctx.worker.wake()
+    return JSONResponse(result)
+
+
+async def heartbeat(request: Request) -> JSONResponse:
+    """A node says it is alive.
+    ---
+    summary: Heartbeat; registers the node on first contact like a sync
+    description: 'Body (optional): {"display_name": ..., "api_url": ...}'
+    responses:
+      200: {description: "{server_id, last_heartbeat, registered, token?}"}
+      401: {description: the node is registered and no token was sent}
+      403: {description: another node's token}
+    """
+    ctx = context(request)
+    server_id = _server_id(request)
+    body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
+
+    def work() -> dict[str, Any]:
+        db = ctx.registry.db()
+        auth = authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
+        return {**record_heartbeat(db, server_id, body), **_registration(auth)}
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+def list_servers(request: Request) -> JSONResponse:
+    """Every node.
+    ---
+    summary: Every node with online/offline, last sync, last heartbeat, file and model counts
+    responses:
+      200: {description: "{servers: [{id, display_name, api_url, online, last_sync, last_heartbeat, last_seen, file_count, model_count, unhashed_count, roots, last_sync_summary}], offline_after_seconds}"}
+    """
+    ctx = context(request)
+    servers = queries.list_servers(ctx.registry.db(), ctx.liveness)
+    return JSONResponse({"servers": servers, "offline_after_seconds": ctx.config.offline_after_seconds})
+
+
+def server_files(request: Request) -> JSONResponse:
+    """One node's files.
+    ---
+    summary: One node's files (paginated); `unhashed=true` lists only files not hashed yet
+    parameters:
+      - {name: unhashed, in: query}
+      - {name: limit, in: query}
+      - {name: offset, in: query}
+    responses:
+      200: {description: "{server_id, files: [{id, model_id, path, rel_name, role, size, mtime_ns, last_seen, ...}], total}"}
+    """
+    ctx = context(request)
+    return JSONResponse(queries.server_files(ctx.registry.db(), _server_id(request), dict(request.query_params)))
+
+
+async def delete_server(request: Request) -> JSONResponse:
+    """Forget a node (admin).
+    ---
+    summary: Delete a node with its files and aliases (models stay); admin token
+    responses:
+      200: {description: "{deleted, files_removed}"}
+      404: {description: no such node}
+    """
+    ctx = context(request)
+    require_admin(request, ctx.admin_token)
+    server_id = _server_id(request)
+
+    def work() -> dict[str, Any]:
+        db = ctx.registry.db()
+        with write_transaction(db):
+            if db.conn.execute("SELECT 1 FROM servers WHERE id = ?", [server_id]).fetchone() is None:
+                raise ApiError(404, f"no node {server_id!r}", "server_id")
+            db.conn.execute("DELETE FROM model_aliases WHERE server_id = ?", [server_id])
+            removed = db.conn.execute("DELETE FROM model_server_availability WHERE server_id = ?", [server_id]).rowcount
+            db.conn.execute("DELETE FROM servers WHERE id = ?", [server_id])
+        return {"deleted": server_id, "files_removed": removed}
+
+    return JSONResponse(await run_in_threadpool(work))
+
+
+async def reset_token(request: Request) -> JSONResponse:
+    """Issue a node a new token (admin).
+    ---
+    summary: Issue (or reset) a node's token; the old one stops working. Creates the node if unknown. Admin token.
+    responses:
+      200: {description: "{server_id, token}"}
+      401: {description: no admin token}
+      403: {description: not the admin token}
+    """
+    ctx = context(request)
+    require_admin(request, ctx.admin_token)
+    server_id = _server_id(request)
+    token = await run_in_threadpool(lambda: issue_token(ctx.registry.db(), server_id))
+    return JSONResponse({"server_id": server_id, "token": token})
+
+
+ROUTES = [
+    Route("/api/v1/servers", list_servers, methods=["GET"]),
+    Route("/api/v1/servers/{server_id}", delete_server, methods=["DELETE"]),
+    Route("/api/v1/servers/{server_id}/models/sync", sync_models, methods=["POST"]),
+    Route("/api/v1/servers/{server_id}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/api/v1/servers/{server_id}/files", server_files, methods=["GET"]),
+    Route("/api/v1/servers/{server_id}/token", reset_token, methods=["POST"]),
+]

@@ -1,0 +1,225 @@
+"""Node → central server client: push the inventory (gzip), heartbeat, fetch previews.
+
+Used by `modelsync scan --push` and by the Forge extension. A node's token comes from the command line,
+MODELSYNC_TOKEN, or the token file the client wrote when the server registered the node on first contact.
+Connection errors and 5xx answers are retried with exponential back-off (urllib3 Retry); every request is
+idempotent (a sync is a full snapshot), so POSTs are retried too.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .inventory import Inventory
+
+log = logging.getLogger(__name__)
+
+TOKEN_FILE = "node_tokens.json"
+PREVIEW_SUFFIX = ".preview.jpeg"
+
+
+class PushError(Exception):
+    """The server refused or could not be reached; `status` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+@dataclass
+class NodeCredentials:
+    """A node's identity toward the central server; `store` is where a token given at registration is kept."""
+
+    server_id: str
+    token: str | None = None
+    store: Path | None = None
+
+    @classmethod
+    def load(cls, data_path: Path, server_id: str, token: str | None = None) -> "NodeCredentials":
+        """An explicit token wins; else the token stored for this server_id under data_path (if any)."""
+        store = Path(data_path) / TOKEN_FILE
+        if token is None and store.is_file():
+            try:
+                token = json.loads(store.read_text()).get(server_id)
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read %s: %s", store, exc)
+        return cls(server_id, token, store)
+
+    def remember(self, token: str) -> None:
+        """Keep the token the server generated (readable by this user only)."""
+        self.token = token
+        if self.store is None:
+            return
+        tokens: dict[str, str] = {}
+        if self.store.is_file():
+            try:
+                tokens = json.loads(self.store.read_text())
+            except (OSError, ValueError):
+                tokens = {}
+        tokens[self.server_id] = token
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=self.store.parent, prefix=".tokens-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(tokens, f, indent=2)
+        os.chmod(temp, 0o600)
+        os.replace(temp, self.store)
+        log.info("node %s registered; its token is stored in %s", self.server_id, self.store)
+
+
+def _session(retries: int, backoff: float) -> requests.Session:
+    retry = Retry(
+        total=retries,
+        connect=retries,
+        read=retries,
+        status=retries,
+        backoff_factor=backoff,
+        status_forcelist=(500, 502, 503, 504),
+        allowed_methods=None,  # every method: sync and heartbeat are idempotent
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class ServerClient:
+    def __init__(
+        self,
+        base_url: str,
+        credentials: NodeCredentials,
+        *,
+        timeout: float = 120.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        session: requests.Session | None = None,
+    ):
+        self.base_url = base_url.rstrip("/") + "/"
+        self.credentials = credentials
+        self.timeout = timeout
+        self.session = session or _session(retries, backoff)
+
+    def _url(self, path: str) -> str:
+        return urljoin(self.base_url, path.lstrip("/"))
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json", "User-Agent": "modelsync-node"}
+        if self.credentials.token:
+            headers["Authorization"] = f"Bearer {self.credentials.token}"
+        return headers
+
+    def _post(self, path: str, body: bytes, extra_headers: dict[str, str]) -> dict[str, Any]:
+        try:
+            response = self.session.post(
+                self._url(path), data=body, headers={**self._headers(), **extra_headers}, timeout=self.timeout
+            )
+        except requests.RequestException as exc:
+            raise PushError(f"cannot reach {self.base_url}: {exc}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code != 200:
+            message = answer.get("error") if isinstance(answer, dict) else response.text[:200]
+            field = answer.get("field") if isinstance(answer, dict) else None
+            raise PushError(f"HTTP {response.status_code}: {message}", response.status_code, field)
+        if not isinstance(answer, dict):
+            raise PushError("the server's answer is not a JSON object", response.status_code)
+        if answer.get("token"):
+            self.credentials.remember(answer["token"])
+        return answer
+
+    def push_inventory(self, inventory: Inventory) -> dict[str, Any]:
+        """Send the full inventory (gzip); the answer has added/updated/removed/unchanged and `enriched`."""
+        if inventory.server_id != self.credentials.server_id:
+            raise PushError(f"the inventory is for {inventory.server_id!r}, the credentials for {self.credentials.server_id!r}")
+        body = gzip.compress(inventory.to_json(), compresslevel=6)
+        return self._post(
+            f"api/v1/servers/{self.credentials.server_id}/models/sync",
+            body,
+            {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+
+    def heartbeat(self, display_name: str | None = None, api_url: str | None = None) -> dict[str, Any]:
+        body = {k: v for k, v in {"display_name": display_name, "api_url": api_url}.items() if v is not None}
+        return self._post(
+            f"api/v1/servers/{self.credentials.server_id}/heartbeat", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+
+    def fetch_preview(self, preview_url: str, max_bytes: int = 20 * 1024 * 1024) -> bytes | None:
+        """A preview's JPEG bytes (`preview_url` as the sync answer gives it); None when the server has none."""
+        try:
+            response = self.session.get(self._url(preview_url), headers=self._headers(), timeout=self.timeout, stream=True)
+        except requests.RequestException as exc:
+            raise PushError(f"cannot reach {self.base_url}: {exc}") from None
+        with response:
+            if response.status_code == 404:
+                return None
+            if response.status_code != 200:
+                raise PushError(f"HTTP {response.status_code} fetching {preview_url}", response.status_code)
+            data = bytearray()
+            for chunk in response.iter_content(64 * 1024):
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise PushError(f"the preview {preview_url} is over {max_bytes} bytes")
+        return bytes(data)
+
+    def save_previews(self, inventory: Inventory, answer: dict[str, Any]) -> list[str]:
+        """Write `<stem>.preview.jpeg` beside every copy that has no preview, for models the server has one of.
+        Returns the files written; a file that cannot be written is logged and skipped."""
+        written: list[str] = []
+        enriched = answer.get("enriched") or {}
+        for f in inventory.files:
+            entry = enriched.get(f.sha256) if f.sha256 else None
+            if not entry or not entry.get("preview_url") or f.has_preview:
+                continue
+            target = preview_path(f.path)
+            if os.path.exists(target):
+                continue
+            data = self.fetch_preview(entry["preview_url"])
+            if data is None:
+                continue
+            try:
+                _write_atomic(target, data)
+            except OSError as exc:
+                log.warning("cannot write preview %s: %s", target, exc)
+                continue
+            written.append(target)
+        return written
+
+
+def preview_path(model_path: str) -> str:
+    """Where a node keeps a model's preview: `<stem>.preview.jpeg` beside it (A1111/Forge look there)."""
+    directory, name = os.path.split(model_path)
+    return os.path.join(directory, os.path.splitext(name)[0] + PREVIEW_SUFFIX)
+
+
+def _write_atomic(target: str, data: bytes) -> None:
+    fd, temp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".preview-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(temp, target)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+
+
+def push_inventory(base_url: str, inventory: Inventory, credentials: NodeCredentials, **options: Any) -> dict[str, Any]:
+    """One push (the CLI's `--push`): send the inventory; a token given at registration is stored."""
+    return ServerClient(base_url, credentials, **options).push_inventory(inventory)
