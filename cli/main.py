@@ -84,11 +84,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace, report) -> dict:
-    from modelsync.shared.push_client import NodeCredentials, push_inventory
+    from modelsync.shared.push_client import NodeCredentials, ServerClient
 
-    credentials = NodeCredentials.load(Path(args.data), args.server_id, args.token or os.environ.get("MODELSYNC_TOKEN"))
-    answer = push_inventory(args.push, report.inventory, credentials)
-    return {k: v for k, v in answer.items() if k in ("added", "updated", "removed", "unchanged", "registered")}
+    credentials = NodeCredentials.load(Path(args.data), args.server_id, args.token or os.environ.get("MODELSYNC_TOKEN") or None)
+    client = ServerClient(args.push, credentials)
+    answer = client.push_inventory(report.inventory)
+    written = client.save_previews(report.inventory, answer)
+    summary = {k: v for k, v in answer.items() if k in ("added", "updated", "removed", "unchanged", "registered")}
+    return {**summary, "previews_written": len(written)}
 
 
 def cmd_hash(args: argparse.Namespace) -> int:

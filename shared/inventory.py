@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from .records import METADATA_FIELDS, ROLES, Root
@@ -68,8 +68,8 @@ class Inventory:
             "server_id": self.server_id,
             "display_name": self.display_name,
             "api_url": self.api_url,
-            "roots": [asdict(r) for r in self.roots],
-            "files": [{k: v for k, v in asdict(f).items() if k != "embedded"} for f in self.files],
+            "roots": [{"path": r.path, "role": r.role} for r in self.roots],
+            "files": [{k: v for k, v in vars(f).items() if k != "embedded"} for f in self.files],
             "unhashed": sum(1 for f in self.files if f.sha256 is None),
         }
 

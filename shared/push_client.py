@@ -218,8 +218,3 @@ def _write_atomic(target: str, data: bytes) -> None:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
-
-
-def push_inventory(base_url: str, inventory: Inventory, credentials: NodeCredentials, **options: Any) -> dict[str, Any]:
-    """One push (the CLI's `--push`): send the inventory; a token given at registration is stored."""
-    return ServerClient(base_url, credentials, **options).push_inventory(inventory)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import model_factory
+from support_server import central_server  # noqa: F401  (pytest fixture)
 
 MODELSYNC = shutil.which("modelsync") or ""
 
@@ -93,3 +94,21 @@ def test_scan_on_a_terminal_shows_a_progress_bar(tmp_path):
     text = output.decode(errors="replace")
     assert "hashing" in text and "100%" in text and "1/1 files" in text
     assert "Scan complete! Found 1 model files" in text
+
+
+def test_scan_pushes_to_the_central_server_and_keeps_its_token(tmp_path, central_server):
+    model_factory.write_lora(tmp_path / "m" / "Lora" / "x.safetensors", base="sd1")
+    model_factory.write_checkpoint(tmp_path / "m" / "Stable-diffusion" / "c.safetensors", base="sdxl")
+    args = ("scan", str(tmp_path / "m"), "--hash", "--json", "--push", central_server.base_url, "--server-id", "cli-node",
+            "--data", str(tmp_path / "d"))
+    env = {"MODELSYNC_TOKEN": ""}
+    first = run(*args, cwd=tmp_path, env=env)
+    assert first.returncode == 0, first.stderr
+    push = json.loads(first.stdout)["push"]
+    assert push["added"] == 2 and push["registered"] is True
+    again = run(*args, cwd=tmp_path, env=env)
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)["push"]
+    assert second["added"] == 0 and not second.get("registered")  # the stored token was used
+    nodes = {n["id"]: n for n in central_server.get("/api/v1/servers").json()["servers"]}
+    assert nodes["cli-node"]["model_count"] == 2
