@@ -10,6 +10,7 @@ import sqlite_utils
 
 from modelsync.shared.catalog import JSON_COLUMNS
 from modelsync.shared.names import kind_of, local_name
+from modelsync.shared.records import LORA_TYPES
 
 from .errors import ApiError
 from .registry import iso_ago
@@ -123,6 +124,8 @@ def list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str,
     args: list[Any] = []
     for column in ("type", "base"):
         values = _split(params.get(column))
+        if column == "type" and "lora" in values:  # a job's <lora:...> loads any LoRA variant
+            values = sorted(set(values) | LORA_TYPES)
         if values:
             where.append(f"m.{column} IN ({_marks(values)})")
             args.extend(values)

@@ -238,3 +238,11 @@ def test_preview_404_when_none_is_stored(fleet):
     server, _, ids = fleet
     r = server.get(f"/api/v1/models/{ids[sha('hero')]}/preview")
     assert r.status_code == 404 and r.json()["field"] == "id"
+
+
+def test_type_lora_includes_the_lycoris_variants(fleet):
+    server, _, _ = fleet
+    push(server, "n3", [{**lora("cond", "Cond.safetensors"), "type": "locon", "metadata": {"type": "locon"}}])
+    lora_names = names(server.get("/api/v1/models", params={"type": "lora"}).json())
+    assert "Cond.safetensors" in lora_names and "Hero.safetensors" in lora_names
+    assert names(server.get("/api/v1/models", params={"type": "locon"}).json()) == ["Cond.safetensors"]
