@@ -193,7 +193,15 @@ class CivitaiWorker:
         try:
             data, content_type = self.client.download_image(url, set(self.config.civitai_image_hosts), self.config.preview_max_bytes)
             stored = self.previews.store(sha256, data)
-        except (ImageRejected, PreviewError) as exc:
+        except ImageRejected as exc:
+            if exc.transient:  # not recorded: due again once the fleet-wide pause is over
+                pause = self._back_off(exc.retry_after)
+                log.warning("Civitai: preview for %s failed (%s); trying again in %.0f s", sha256[:10], exc, pause)
+                return True
+            state.record_preview(db, sha256, url, "failed", error=str(exc)[:1000])
+            log.info("Civitai: no preview for %s: %s", sha256[:10], exc)
+            return True
+        except PreviewError as exc:
             state.record_preview(db, sha256, url, "failed", error=str(exc)[:1000])
             log.info("Civitai: no preview for %s: %s", sha256[:10], exc)
             return True

@@ -36,7 +36,13 @@ class BulkResult:
 
 
 class ImageRejected(ValueError):
-    """An image URL or response that is not fetched or kept; str() is the reason."""
+    """An image URL or response that is not fetched or kept; str() is the reason. `transient` failures (429,
+    5xx, timeouts, connection errors) are worth another try, after `retry_after` seconds when the server said."""
+
+    def __init__(self, reason: str, transient: bool = False, retry_after: float | None = None):
+        super().__init__(reason)
+        self.transient = transient
+        self.retry_after = retry_after
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -133,7 +139,9 @@ class CivitaiClient:
         try:
             with self.session.get(url, timeout=self.timeout, stream=True, headers={"User-Agent": "modelsync"}) as response:
                 if response.status_code != 200:
-                    raise ImageRejected(f"HTTP {response.status_code} for {url}")
+                    status = response.status_code
+                    raise ImageRejected(f"HTTP {status} for {url}", transient=status == 429 or status >= 500,
+                                        retry_after=parse_retry_after(response.headers.get("Retry-After")))
                 content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 if not content_type.startswith("image/"):
                     raise ImageRejected(f"content type {content_type or 'missing'!r} is not an image")
@@ -143,5 +151,5 @@ class CivitaiClient:
                     if len(data) > max_bytes:
                         raise ImageRejected(f"image larger than {max_bytes} bytes")
         except requests.RequestException as exc:
-            raise ImageRejected(f"{type(exc).__name__}: {exc}") from None
+            raise ImageRejected(f"{type(exc).__name__}: {exc}", transient=True) from None
         return bytes(data), content_type

@@ -35,7 +35,7 @@ def jpeg_bytes() -> bytes:
 class CivitaiStub:
     def __init__(self) -> None:
         self.versions: dict[str, dict[str, Any]] = {}  # SHA256 upper -> version object
-        self.failures: list[tuple[int, float | None]] = []
+        self.failures: list[tuple[int, float | str | None, str]] = []  # status, Retry-After, path fragment
         self.delay = 0.0
         self.requests: list[tuple[str, str, str | None]] = []  # method, path, Authorization
         self.image_content_type = "image/jpeg"
@@ -58,9 +58,10 @@ class CivitaiStub:
         self.versions[sha256.upper()] = version
         return version
 
-    def fail_next(self, status: int = 429, retry_after: float | str | None = None, times: int = 1) -> None:
+    def fail_next(self, status: int = 429, retry_after: float | str | None = None, times: int = 1, path: str = "") -> None:
+        """The next `times` requests whose path contains `path` answer `status`."""
         with self.lock:
-            self.failures.extend([(status, retry_after)] * times)
+            self.failures.extend([(status, retry_after, path)] * times)
 
     def count(self, path_fragment: str = "") -> int:
         return sum(1 for _, path, _ in self.requests if path_fragment in path)
@@ -86,9 +87,10 @@ class CivitaiStub:
                 if stub.delay:
                     time.sleep(stub.delay)
                 with stub.lock:
-                    failure = stub.failures.pop(0) if stub.failures else None
+                    index = next((i for i, f in enumerate(stub.failures) if f[2] in self.path), None)
+                    failure = stub.failures.pop(index) if index is not None else None
                 if failure:
-                    status, retry_after = failure
+                    status, retry_after, _ = failure
                     headers = {"Retry-After": retry_after} if retry_after is not None else {}
                     self._send(status, json.dumps({"error": "scripted failure"}).encode(), headers=headers)
                     return False

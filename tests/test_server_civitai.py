@@ -181,3 +181,14 @@ def test_non_image_content_is_not_stored(enriching_server, civitai_stub, tmp_pat
     info = wait_for(lambda: (i := model_info(server, files[0].sha256))["preview"] and i)
     assert info["preview"]["status"] == "failed" and info["preview_url"] is None
     assert not list((server.data_path / "previews").glob("*.jpeg"))
+
+
+def test_a_passing_image_failure_is_tried_again_not_marked_failed(enriching_server, civitai_stub, tmp_path):
+    server = enriching_server()
+    inventory, files = node_files(tmp_path, "flaky")
+    civitai_stub.add_version(FOUND, sha256=files[0].sha256)
+    civitai_stub.fail_next(503, retry_after=1, path="/images/")
+    ServerClient(server.base_url, NodeCredentials.load(tmp_path, "n1"), retries=0).push_inventory(inventory)
+    info = wait_for(lambda: (i := model_info(server, files[0].sha256))["preview_url"] and i)
+    assert info["preview"]["status"] == "stored"
+    assert civitai_stub.count("/images/") == 2
