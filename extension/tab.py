@@ -1,0 +1,192 @@
+"""The "Model Sync" tab. Uses only gradio APIs present in both 3.41 (A1111) and 4.40 (Forge)."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+import requests
+
+from ..shared.catalog import migrate, open_catalog
+from ..shared.scanner import ScanProgress
+from .node_service import NodeService
+
+TABLE_HEADERS = ["Name", "Type", "Base", "AutoV2", "Size", "Metadata source", "Fleet nodes", "Path"]
+ALL_TYPES = "All"
+POLL_SECONDS = 0.5
+IDLE_LABEL = "Scan for New Models"
+
+
+def _size(num: int | None) -> str:
+    value = float(num or 0)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"
+
+
+def progress_text(progress: ScanProgress | None) -> str:
+    if progress is None:
+        return "Starting..."
+    eta = f", about {progress.eta_seconds:.0f} s left" if progress.eta_seconds is not None else ""
+    return (
+        f"{progress.phase}: {progress.files_done}/{progress.files_total} files, "
+        f"{_size(progress.bytes_done)} / {_size(progress.bytes_total)}{eta}"
+    )
+
+
+class TabActions:
+    """What the tab's controls call; plain functions of the node service so tests can drive them."""
+
+    def __init__(self, service: NodeService):
+        self.service = service
+
+    def scanning_label(self, calculate_hashes: bool) -> str:
+        return "Scanning + Calculating Hashes..." if calculate_hashes else "Scanning..."
+
+    def start_scan(self, calculate_hashes: bool) -> tuple[dict[str, Any], str]:
+        self.service.start_scan(bool(calculate_hashes))
+        running = self.service.scan_state
+        return gr.update(value=self.scanning_label(running.calculate_hashes), interactive=False), progress_text(running.progress)
+
+    def follow_scan(self) -> Iterator[tuple[dict[str, Any], str, str]]:
+        """Yields (button, progress, report) until the running scan ends, then the final report."""
+        while self.service.scan_state.running:
+            state = self.service.scan_state
+            yield gr.update(value=self.scanning_label(state.calculate_hashes), interactive=False), progress_text(state.progress), ""
+            time.sleep(POLL_SECONDS)
+        yield gr.update(value=IDLE_LABEL, interactive=True), "", self.report_markdown()
+
+    def report_markdown(self) -> str:
+        state = self.service.scan_state
+        if state.error:
+            return f"**Scan failed:** {state.error}"
+        report = state.report
+        if report is None:
+            return ""
+        parts = ["```\n" + report.message + "\n```"]
+        if report.problems:
+            parts.append("**Errors**\n" + "\n".join(f"- `{p.path}`: {p.reason}" for p in report.problems))
+        if report.duplicates:
+            parts.append(
+                "**Duplicates**\n" + "\n".join(f"- {d.sha256[:10]}: " + ", ".join(f"`{p}`" for p in d.paths) for d in report.duplicates)
+            )
+        parts.append(self.service.status_line())
+        return "\n\n".join(parts)
+
+    def _local_rows(self) -> list[dict[str, Any]]:
+        if not self.service.catalog_path.is_file():
+            return []
+        db = open_catalog(self.service.catalog_path)
+        try:
+            migrate(db)
+            return [
+                dict(row)
+                for row in db.query(
+                    """SELECT a.path, a.rel_name, a.role, a.size, m.name, m.type, m.base, m.hash_autov2,
+                              m.hash_sha256, m.metadata_source, a.content_type, a.content_base
+                       FROM model_server_availability a LEFT JOIN models m ON m.id = a.model_id
+                       WHERE a.server_id = ? ORDER BY a.rel_name""",
+                    [self.service.settings().effective_node_id],
+                )
+            ]
+        finally:
+            db.close()
+
+    def fleet_counts(self) -> dict[str, int]:
+        """sha256 -> how many fleet nodes hold the model; empty without a reachable central server."""
+        settings = self.service.settings()
+        url = settings.server_url.strip().rstrip("/")
+        if not url:
+            return {}
+        try:
+            answer = requests.get(
+                f"{url}/api/v1/models", params={"server": settings.effective_node_id, "limit": 500}, timeout=10
+            ).json()
+        except (requests.RequestException, ValueError):
+            return {}
+        return {m["sha256"]: m.get("node_count", 0) for m in answer.get("models", []) if m.get("sha256")}
+
+    def models_table(self, type_filter: str = ALL_TYPES, text: str = "") -> list[list[Any]]:
+        counts = self.fleet_counts()
+        needle = (text or "").strip().lower()
+        rows = []
+        for r in self._local_rows():
+            model_type = r["type"] or r["content_type"] or r["role"] or ""
+            name = r["name"] or r["rel_name"]
+            if type_filter and type_filter != ALL_TYPES and model_type != type_filter:
+                continue
+            if needle and needle not in f"{name} {r['rel_name']} {r['hash_sha256'] or ''}".lower():
+                continue
+            fleet = counts.get(r["hash_sha256"], "") if counts else ""
+            rows.append([name, model_type, r["base"] or r["content_base"] or "", r["hash_autov2"] or "",
+                         _size(r["size"]), r["metadata_source"] or "", fleet, r["path"]])
+        return rows
+
+    def model_types(self) -> list[str]:
+        return [ALL_TYPES] + sorted({row[1] for row in self.models_table() if row[1]})
+
+    def details(self, path: str) -> dict[str, Any]:
+        if not path or not self.service.catalog_path.is_file():
+            return {}
+        db = open_catalog(self.service.catalog_path)
+        try:
+            copy = next(db.query("SELECT * FROM model_server_availability WHERE path = ?", [path]), None)
+            if copy is None:
+                return {"error": f"{path} is not in the catalog"}
+            model = next(db.query("SELECT * FROM models WHERE id = ?", [copy["model_id"]]), None) if copy["model_id"] else None
+            paths = [r["path"] for r in db.query("SELECT path FROM model_server_availability WHERE model_id = ?", [copy["model_id"]])] if model else [path]
+        finally:
+            db.close()
+        return {"file": dict(copy), "paths": paths, "model": {k: _json_value(v) for k, v in (model or {}).items()}}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def build_tab(service: NodeService) -> gr.Blocks:
+    actions = TabActions(service)
+    with gr.Blocks(analytics_enabled=False) as tab:
+        status = gr.Markdown(service.status_line())
+        with gr.Row():
+            scan_button = gr.Button(IDLE_LABEL, variant="primary")
+            calculate_hashes = gr.Checkbox(label="Calculate Hashes", value=False)
+        progress = gr.Markdown("")
+        report = gr.Markdown(actions.report_markdown())
+        with gr.Row():
+            type_filter = gr.Dropdown(choices=[ALL_TYPES], value=ALL_TYPES, label="Type")
+            text_filter = gr.Textbox(label="Filter", placeholder="name, file or hash")
+            refresh = gr.Button("Refresh")
+        table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False, wrap=True)
+        selected_path = gr.Textbox(label="Path of the model to show (click a row)")
+        details = gr.JSON(label="Details")
+
+        def refresh_table(kind: str, text: str) -> tuple[list[list[Any]], dict[str, Any], str]:
+            return actions.models_table(kind, text), gr.update(choices=actions.model_types()), service.status_line()
+
+        def filter_table(kind: str, text: str) -> list[list[Any]]:
+            return actions.models_table(kind, text)
+
+        def select_row(evt: gr.SelectData, rows: Any) -> str:
+            data = rows.values.tolist() if hasattr(rows, "values") else rows
+            return str(data[evt.index[0]][-1]) if data else ""
+
+        scan_button.click(actions.start_scan, [calculate_hashes], [scan_button, progress]).then(
+            actions.follow_scan, None, [scan_button, progress, report]
+        ).then(refresh_table, [type_filter, text_filter], [table, type_filter, status])
+        refresh.click(refresh_table, [type_filter, text_filter], [table, type_filter, status])
+        for event in (type_filter.select, text_filter.submit):
+            event(filter_table, [type_filter, text_filter], [table])
+        table.select(select_row, [table], [selected_path])
+        selected_path.change(actions.details, [selected_path], [details])
+        tab.load(refresh_table, [type_filter, text_filter], [table, type_filter, status])
+    return tab

@@ -1,0 +1,124 @@
+"""A small stand-in for the parts of Forge/A1111 the extension touches, with the real signatures:
+modules.script_callbacks (on_ui_tabs -> [(blocks, title, elem_id)], on_ui_settings(), on_app_started(demo, app)),
+modules.shared (opts.add_option, OptionInfo, cmd_opts), modules.paths, modules.sd_models,
+modules_forge.shared and launch (is_installed, run_pip)."""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+HOST_MODULES = ("modules", "modules.script_callbacks", "modules.shared", "modules.paths", "modules.sd_models",
+                "modules_forge", "modules_forge.shared", "launch")
+
+
+class OptionInfo:
+    def __init__(self, default: Any = None, label: str = "", component: Any = None, component_args: Any = None,
+                 onchange: Callable | None = None, section: tuple[str, str] | None = None, refresh: Callable | None = None, **kwargs: Any):
+        self.default, self.label, self.section = default, label, section
+
+
+class Options:
+    def __init__(self) -> None:
+        object.__setattr__(self, "data_labels", {})
+        object.__setattr__(self, "data", {})
+
+    def add_option(self, key: str, info: OptionInfo) -> None:
+        self.data_labels[key] = info
+        self.data.setdefault(key, info.default)
+
+    def __getattr__(self, key: str) -> Any:
+        if key in self.data:
+            return self.data[key]
+        if key in self.data_labels:
+            return self.data_labels[key].default
+        raise AttributeError(key)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+
+class Host:
+    """The registered callbacks, the installed pip packages, and the host's modules."""
+
+    def __init__(self, data_path: Path, models_path: Path, cmd_opts: dict[str, Any], controlnet_dir: Path | None):
+        self.ui_tabs: list[Callable] = []
+        self.ui_settings: list[Callable] = []
+        self.app_started: list[Callable] = []
+        self.installed: set[str] = set()
+        self.pip_calls: list[str] = []
+        self.modules: dict[str, types.ModuleType] = {name: types.ModuleType(name) for name in HOST_MODULES}
+        m = self.modules
+        m["modules"].__path__ = []
+        m["modules_forge"].__path__ = []
+        m["modules.script_callbacks"].on_ui_tabs = self.ui_tabs.append
+        m["modules.script_callbacks"].on_ui_settings = self.ui_settings.append
+        m["modules.script_callbacks"].on_app_started = self.app_started.append
+        m["modules.shared"].opts = Options()
+        m["modules.shared"].OptionInfo = OptionInfo
+        m["modules.shared"].cmd_opts = types.SimpleNamespace(**cmd_opts)
+        m["modules.paths"].models_path = str(models_path)
+        m["modules.paths"].data_path = str(data_path)
+        m["modules.paths"].script_path = str(data_path)
+        m["modules.sd_models"].model_path = str(models_path / "Stable-diffusion")
+        if controlnet_dir is not None:
+            m["modules_forge.shared"].controlnet_dir = str(controlnet_dir)
+        m["launch"].is_installed = lambda name: name in self.installed or importlib.util.find_spec(name) is not None and name not in self.missing
+        m["launch"].run_pip = self._run_pip
+        self.missing: set[str] = set()
+        for name, module in m.items():
+            if "." in name:
+                parent, child = name.rsplit(".", 1)
+                setattr(m[parent], child, module)
+
+    def _run_pip(self, command: str, desc: str | None = None) -> None:
+        self.pip_calls.append(command)
+        self.installed.add(command.split('"')[1].split(">")[0].replace("-", "_"))
+
+    @property
+    def opts(self) -> Options:
+        return self.modules["modules.shared"].opts
+
+    def settings_ui(self) -> None:
+        for fn in self.ui_settings:
+            fn()
+
+    def start_app(self, demo: Any = None, app: Any = None) -> None:
+        for fn in self.app_started:
+            fn(demo, app)
+
+    def tabs(self) -> list[tuple[Any, str, str]]:
+        return [tab for fn in self.ui_tabs for tab in fn()]
+
+
+@contextlib.contextmanager
+def forge_host(tmp_path: Path, cmd_opts: dict[str, Any] | None = None, controlnet_dir: Path | None = None) -> Iterator[Host]:
+    """Installs the stand-in modules in sys.modules for the duration; the webui data folder is tmp_path/webui."""
+    webui = tmp_path / "webui"
+    models = webui / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    options = {"ckpt_dir": None, "vae_dir": None, "embeddings_dir": str(webui / "embeddings"), "hypernetwork_dir": None,
+               **(cmd_opts or {})}
+    host = Host(webui, models, options, controlnet_dir)
+    saved = {name: sys.modules.get(name) for name in HOST_MODULES}
+    sys.modules.update(host.modules)
+    try:
+        yield host
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+
+
+def run_script(path: Path) -> types.ModuleType:
+    """Loads an extension file by path the way the host's script loader does."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,180 @@
+"""The Forge extension against a stand-in host (tests/support_forge_host.py) and the real central server."""
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import model_factory
+import pytest
+from modelsync.extension import forge_callbacks
+from modelsync.extension.host_paths import host_roots
+from modelsync.extension.node_service import NodeService
+from modelsync.extension.settings import SECTION, NodeSettings, read_settings
+from modelsync.extension.tab import IDLE_LABEL, TabActions
+from modelsync.shared.records import Root
+from support_forge_host import forge_host, run_script
+from support_server import central_server  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def host(tmp_path):
+    forge_callbacks._service = None
+    with forge_host(tmp_path, controlnet_dir=tmp_path / "webui" / "models" / "ControlNet") as host:
+        yield host
+        if forge_callbacks._service is not None:
+            forge_callbacks._service.stop()
+    forge_callbacks._service = None
+
+
+def write_models(webui: Path) -> list[Path]:
+    return [
+        model_factory.write_lora(webui / "models" / "Lora" / "hero.safetensors", base="sdxl"),
+        model_factory.write_checkpoint(webui / "models" / "Stable-diffusion" / "base.safetensors", base="sdxl"),
+        model_factory.write_embedding(webui / "embeddings" / "ink.safetensors"),
+    ]
+
+
+def test_roots_come_from_the_host_with_roles_symlinks_resolved_and_no_duplicates(tmp_path):
+    real_vae = tmp_path / "shared-vae"
+    real_vae.mkdir()
+    with forge_host(tmp_path, cmd_opts={"vae_dir": str(tmp_path / "vae-link")}) as host:
+        os.symlink(real_vae, tmp_path / "vae-link")
+        webui = Path(host.modules["modules.paths"].data_path)
+        for sub in ("Stable-diffusion", "Lora", "ControlNet"):
+            (webui / "models" / sub).mkdir(parents=True)
+        (webui / "embeddings").mkdir()
+        roots = {root.path: root.role for root in host_roots([str(real_vae)])}
+    assert roots[os.path.realpath(webui / "models" / "Stable-diffusion")] == "checkpoint"
+    assert roots[os.path.realpath(webui / "models" / "Lora")] == "lora"
+    assert roots[os.path.realpath(webui / "embeddings")] == "embedding"
+    assert roots[os.path.realpath(real_vae)] == "vae"  # the symlinked --vae-dir and the extra root are one root
+    assert str(tmp_path / "vae-link") not in roots and len(roots) == len(set(roots))
+
+
+def test_settings_section_and_defaults(host):
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.settings_ui()
+    sections = {info.section for info in host.opts.data_labels.values()}
+    assert sections == {SECTION}
+    settings = read_settings()
+    assert settings.push_on_startup and settings.hash_new_files and settings.rescan_minutes == 0
+    assert settings.effective_node_id == socket.gethostname()
+    host.opts.modelsync_extra_roots = "/a\n/b"
+    assert read_settings().extra_root_list == ["/a", "/b"]
+
+
+def test_install_script_installs_only_what_is_missing_and_is_idempotent(host):
+    host.missing = {"gguf"}
+    run_script(REPO / "install.py")
+    assert host.pip_calls == ['install "gguf"']
+    install = run_script(REPO / "install.py")
+    assert host.pip_calls == ['install "gguf"']
+    assert not set(install.REQUIREMENTS) & {"gradio", "fastapi", "pydantic", "torch", "safetensors"}
+
+
+def test_tab_scan_pushes_to_the_central_server(host, central_server):  # noqa: F811
+    files = write_models(Path(host.modules["modules.paths"].data_path))
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.settings_ui()
+    host.opts.modelsync_server_url = central_server.base_url
+    host.opts.modelsync_node_id = "gpu-07"
+    host.opts.modelsync_push_on_startup = False
+    host.start_app(None, None)
+    [(blocks, title, elem_id)] = host.tabs()
+    assert isinstance(blocks, gr.Blocks) and title == "Model Sync" and elem_id == "modelsync_tab"
+    labels = [c.get("props", {}).get("value") for c in blocks.get_config_file()["components"]]
+    assert IDLE_LABEL in labels
+
+    actions = TabActions(forge_callbacks.service())
+    button, _progress = actions.start_scan(True)
+    assert button["interactive"] is False and button["value"] == "Scanning + Calculating Hashes..."
+    updates = list(actions.follow_scan())
+    final_button, _, report = updates[-1]
+    assert final_button["interactive"] is True and final_button["value"] == IDLE_LABEL
+    assert "Scan complete! Found 3 model files" in report and "Calculated: 3 hashes" in report
+
+    deadline = time.monotonic() + 30
+    while forge_callbacks.service().push_status.last_push is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    servers = central_server.get("/api/v1/servers").json()
+    assert "gpu-07" in str(servers)
+    models = central_server.get("/api/v1/models", params={"limit": 10}).json()
+    assert {m["sha256"] for m in models["models"]} == {sha256_of(f) for f in files}
+    assert "reachable" in forge_callbacks.service().status_line()
+
+    rows = actions.models_table()
+    assert {row[-1] for row in rows} == {str(f) for f in files} and {row[6] for row in rows} == {1}
+    assert [row[-1] for row in actions.models_table(text="hero")] == [str(files[0])]
+    lora_type = next(row[1] for row in rows if row[-1] == str(files[0]))
+    assert [row[-1] for row in actions.models_table(type_filter=lora_type)] == [str(files[0])]
+    details = actions.details(str(files[0]))
+    assert details["model"]["hash_sha256"] == sha256_of(files[0]) and details["paths"] == [str(files[0])]
+
+
+def test_start_up_push_with_the_server_down_never_raises_and_retries(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    model_factory.write_lora(tmp_path / "models" / "Lora" / "a.safetensors")
+    settings = NodeSettings(server_url=dead_url, node_id="gpu-09")
+
+    service = NodeService(tmp_path / "data", lambda: settings, lambda extra: [Root(str(tmp_path / "models" / "Lora"), "lora")],
+                          retry_delays=(0.01, 0.01))
+    service.start_startup_sync().join(60)
+    assert service.push_status.attempts == 3 and service.push_status.reachable is False
+    assert service.scan_state.report.stats.total == 1
+    assert "unreachable" in service.status_line()
+
+
+def test_start_up_push_does_not_block_app_start_when_the_server_is_down(host):
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.opts.modelsync_server_url = "http://127.0.0.1:9"
+    started = time.monotonic()
+    host.start_app(None, None)  # API-only mode: demo is None
+    assert time.monotonic() - started < 1
+    forge_callbacks.service().stop()
+    for thread in threading.enumerate():
+        if thread.name == "modelsync-startup":
+            thread.join(30)
+    assert forge_callbacks.service().push_status.attempts == 1
+    assert "unreachable" in forge_callbacks.service().status_line()
+
+
+def test_our_modules_win_over_other_extensions_top_level_packages(tmp_path):
+    decoys = tmp_path / "other-extension"
+    for name in ("shared", "server", "extension", "utils", "modelsync"):
+        (decoys / name).mkdir(parents=True)
+        (decoys / name / "__init__.py").write_text("DECOY = True\n")
+    program = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})  # Forge keeps every extension's folder on sys.path...
+        sys.path.insert(0, {str(decoys)!r})  # ...another extension's folder before ours
+        import shared, extension, utils  # other extensions' modules, loaded first
+        import modelsync  # a decoy 'modelsync' too
+        from support_forge_host import forge_host, run_script
+        from pathlib import Path
+        with forge_host(Path({str(tmp_path)!r})) as host:
+            run_script(Path({str(REPO / "scripts" / "modelsync_tab.py")!r}))
+            import modelsync.extension.node_service as ns, modelsync.shared.scanner as sc
+            assert ns.__file__.startswith({str(REPO)!r}), ns.__file__
+            assert sc.__file__.startswith({str(REPO)!r}), sc.__file__
+            assert len(host.app_started) == 1 and len(host.ui_tabs) == 1
+        assert shared.DECOY and extension.DECOY and utils.DECOY
+        print("ok")
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(REPO / "tests")
+    result = subprocess.run([sys.executable, "-c", program], check=False, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
