@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from modelsync.shared.atomic_write import write_atomic
 
 
 class PreviewError(ValueError):
@@ -45,15 +45,7 @@ class PreviewStore:
         encoded = buffer.getvalue()
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(sha256)
-        fd, temp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".jpeg")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(encoded)
-            os.replace(temp, target)
-        except BaseException:
-            if os.path.exists(temp):
-                os.unlink(temp)
-            raise
+        write_atomic(target, encoded)
         return StoredPreview(target, rgb.width, rgb.height, len(encoded))
 
     def clear(self) -> None:

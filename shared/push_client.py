@@ -11,7 +11,6 @@ import gzip
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .atomic_write import write_atomic
 from .inventory import Inventory
 
 log = logging.getLogger(__name__)
@@ -70,11 +70,7 @@ class NodeCredentials:
                 tokens = {}
         tokens[self.server_id] = token
         self.store.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=self.store.parent, prefix=".tokens-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(tokens, f, indent=2)
-        os.chmod(temp, 0o600)
-        os.replace(temp, self.store)
+        write_atomic(self.store, json.dumps(tokens, indent=2).encode(), mode=0o600)
         log.info("node %s registered; its token is stored in %s", self.server_id, self.store)
 
 
@@ -194,7 +190,7 @@ class ServerClient:
             if data is None:
                 continue
             try:
-                _write_atomic(target, data)
+                write_atomic(target, data)
             except OSError as exc:
                 log.warning("cannot write preview %s: %s", target, exc)
                 continue
@@ -206,15 +202,3 @@ def preview_path(model_path: str) -> str:
     """Where a node keeps a model's preview: `<stem>.preview.jpeg` beside it (A1111/Forge look there)."""
     directory, name = os.path.split(model_path)
     return os.path.join(directory, os.path.splitext(name)[0] + PREVIEW_SUFFIX)
-
-
-def _write_atomic(target: str, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(target) or ".", prefix=".preview-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temp, target)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
