@@ -142,8 +142,31 @@ def _v2_central_registry(db: sqlite_utils.Database) -> None:
     db["model_server_availability"].create_index(["server_id", "model_id"])
 
 
+def _v3_job_checks(db: sqlite_utils.Database) -> None:
+    """What the job checks need: the per-reference counter of models jobs asked for and no node had (the
+    most-wanted list), and an index to find a fleet's embeddings by role (a prompt is matched against them)."""
+    db["wanted_models"].create(
+        {
+            "id": int,
+            "kind": str,  # the kind the job named it as: checkpoint, lora, vae, ...
+            "reference_key": str,  # "sha256:<hex>", "autov2:<hex>", "name:<normalised>", "civitai_version_id:<n>"
+            "reference": str,  # as a job last wrote it
+            "model_id": int,  # set when the registry knows the model (no node holds it)
+            "requests": int,
+            "first_wanted": str,
+            "last_wanted": str,
+        },
+        pk="id",
+        not_null={"kind", "reference_key", "requests"},
+        foreign_keys=[("model_id", "models", "id")],
+    )
+    db["wanted_models"].create_index(["kind", "reference_key"], unique=True)
+    db["wanted_models"].create_index(["requests"])
+    db["model_server_availability"].create_index(["role", "content_type"])
+
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_central_registry]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_central_registry, _v3_job_checks]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,0 +1,203 @@
+"""The job checks a job queue calls: before a job is queued (availability), before it is sent to a node
+(dispatch-check), a single model by Civitai version or hash (checkpoint-verify), and the most-wanted missing models.
+
+The answers are read-only and computed on the event loop (a few indexed reads); what they record afterwards
+(`last_used` of an approved dispatch, the wanted counter) is written in a background task after the answer is
+sent, so a node's sync holding the write lock never delays a queue.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any, Callable
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from modelsync.shared.inventory import valid_server_id
+from modelsync.shared.job_requirements import KIND_SYNONYMS, KINDS, JobFormatError, ModelReference, ParsedJob, extract, parse_hash
+from modelsync.shared.job_resolver import (
+    NodeInfo,
+    Resolution,
+    UnknownNode,
+    availability,
+    dispatch,
+    known_embeddings,
+    list_wanted,
+    load_nodes,
+    mark_pending,
+    record_last_used,
+    record_wanted,
+    resolve,
+    verify,
+)
+
+from .body import expect_object, read_json
+from .context import ServerContext, context
+from .errors import ApiError
+from .queries import MAX_PAGE_SIZE
+
+log = logging.getLogger(__name__)
+
+
+def _nodes(ctx: ServerContext) -> dict[str, NodeInfo]:
+    cutoff = ctx.liveness.cutoff()
+    return load_nodes(ctx.registry.db(), lambda sid, sync, beat: ctx.liveness.is_online(sid, sync, beat, cutoff))
+
+
+async def _read_job(request: Request, ctx: ServerContext) -> ParsedJob:
+    body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
+    if "job" not in body:
+        raise ApiError(400, 'the body needs "job": an A1111/Forge API body, an infotext, a StableQueue job or a list of '
+                            'requirements', "job")
+    fmt = body.get("format", "auto")
+    try:
+        return extract(body["job"], fmt if isinstance(fmt, str) else "", known_embeddings(ctx.registry.db()))
+    except JobFormatError as exc:
+        raise ApiError(400, exc.message, exc.field) from None
+
+
+def _after(ctx: ServerContext, write: Callable[..., int], *args: Any) -> BackgroundTask:
+    def run() -> None:
+        try:
+            write(ctx.registry.db(), *args)
+        except sqlite3.Error as exc:  # a bookkeeping write: the answer was right and has been sent
+            log.warning("job check bookkeeping (%s) failed: %s", write.__name__, exc)
+
+    return BackgroundTask(run)
+
+
+def _wanted_task(ctx: ServerContext, resolutions: list[Resolution]) -> BackgroundTask | None:
+    if any(r.status == "unknown" or (r.status == "resolved" and not r.held) for r in resolutions):
+        return _after(ctx, record_wanted, resolutions)
+    return None
+
+
+async def jobs_availability(request: Request) -> JSONResponse:
+    """Can this job run, and where (pre-submission).
+    ---
+    summary: Resolve every model a job names and tell which online nodes have all of them
+    description: >
+      Body {"job": ..., "format": "auto" | "a1111" | "infotext" | "stablequeue" | "requirements"}. References that
+      no node has are counted for GET /api/v1/models/wanted. Examples in docs/job-queue.md.
+    responses:
+      200: {description: "{format, model_availability: {available, reason, requirements, servers, candidates}}"}
+      400: {description: "the job cannot be read; `field` names the part (e.g. job.override_settings.sd_model_checkpoint)"}
+    """
+    ctx = context(request)
+    parsed = await _read_job(request, ctx)
+    db = ctx.registry.db()
+    resolutions = resolve(db, parsed.requirements)
+    mark_pending(db, resolutions)
+    answer = availability(resolutions, _nodes(ctx))
+    return JSONResponse({"format": parsed.format, "model_availability": answer}, background=_wanted_task(ctx, resolutions))
+
+
+async def dispatch_check(request: Request) -> JSONResponse:
+    """Can this job run on this node now, and in which names (pre-dispatch).
+    ---
+    summary: Check a job against one node; when ok, the payload rewritten with that node's own model names
+    description: >
+      Body as for /api/v1/jobs/availability. When not ok, `action` tells the queue what to do: retry_later (the node
+      is offline, or a model is on its way: a node lists a file of that name it has not hashed yet), route_elsewhere
+      (`nodes` can run it) or fail (a reference is unknown, ambiguous or contradictory, or no node has the model).
+      An approved dispatch records last_used for its models.
+    responses:
+      200: {description: "{server_id, online, ok, action, reason, missing, requirements, payload, override_settings, nodes}"}
+      400: {description: "the job cannot be read; `field` names the part"}
+      404: {description: no such node}
+    """
+    ctx = context(request)
+    server_id = request.path_params["server_id"]
+    if not valid_server_id(server_id):
+        raise ApiError(400, "server_id must be 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)", "server_id")
+    parsed = await _read_job(request, ctx)
+    db = ctx.registry.db()
+    resolutions = resolve(db, parsed.requirements)
+    mark_pending(db, resolutions, server_id)
+    try:
+        answer = dispatch(parsed, resolutions, _nodes(ctx), server_id)
+    except UnknownNode:
+        raise ApiError(404, f"no node {server_id!r} is registered", "server_id") from None
+    background = _after(ctx, record_last_used, resolutions) if answer["ok"] else _wanted_task(ctx, resolutions)
+    return JSONResponse(answer, background=background)
+
+
+async def checkpoint_verify(request: Request) -> JSONResponse:
+    """One model by Civitai version id or hash (seed-compatible).
+    ---
+    summary: Is this model (by Civitai version id or any hash) on an online node
+    description: >
+      Body {"civitai_version_id": 1387174} or {"hash": "<SHA256 | AutoV2 | AutoV1 | AutoV3 | 12-hex short hash>"},
+      optionally "type" (default checkpoint). As in the seed, a civitai_version_id that is not a number is taken as
+      a hash.
+    responses:
+      200: {description: "{success, provided_value, interpreted_as, available, reason, status, hash, match_type, model_info, servers, candidates}"}
+      400: {description: "neither a version id nor a hash, or a malformed one; `field` names it"}
+    """
+    ctx = context(request)
+    body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
+    kind_value = body.get("type", "checkpoint")
+    kind = KIND_SYNONYMS.get(str(kind_value).lower(), str(kind_value).lower())
+    if kind not in KINDS:
+        raise ApiError(400, f"type must be one of {', '.join(KINDS)}", "type")
+    version, hash_value = body.get("civitai_version_id"), body.get("hash")
+    if version is None and hash_value is None:
+        raise ApiError(400, "give civitai_version_id or hash", "civitai_version_id")
+    try:
+        if version is not None and (isinstance(version, int) and not isinstance(version, bool) and version > 0
+                                    or isinstance(version, str) and version.strip().isdigit()):
+            provided, reference = version, ModelReference(kind, civitai_version_id=int(version))
+            interpreted_as = "civitai_version_id"
+        else:
+            name = "hash" if hash_value is not None else "civitai_version_id"
+            provided = hash_value if hash_value is not None else version
+            reference = ModelReference(kind, hashes=(parse_hash(provided, "any", name),))
+            interpreted_as = "hash"
+    except JobFormatError as exc:
+        raise ApiError(400, exc.message, exc.field) from None
+    return JSONResponse(verify(ctx.registry.db(), _nodes(ctx), reference, provided, interpreted_as))
+
+
+def wanted(request: Request) -> JSONResponse:
+    """The models jobs asked for that no node had, most requested first.
+    ---
+    summary: Most-wanted missing models
+    parameters:
+      - {name: kind, in: query, description: "checkpoint, lora, vae, embedding, controlnet, ..."}
+      - {name: missing_only, in: query, description: "true (default): leave out what some node holds by now"}
+      - {name: limit, in: query, description: "1-500 (default 50)"}
+      - {name: offset, in: query}
+    responses:
+      200: {description: "{wanted: [{kind, reference_key, reference, model_id, requests, first_wanted, last_wanted, available_now, nodes_now, model}], limit, offset, next_offset}"}
+    """
+    ctx = context(request)
+    params = request.query_params
+    kind = params.get("kind") or None
+    if kind is not None and kind not in KINDS:
+        raise ApiError(400, f"kind must be one of {', '.join(KINDS)}", "kind")
+    missing_only = (params.get("missing_only") or "true").lower()
+    if missing_only not in ("true", "false", "1", "0", "yes", "no"):
+        raise ApiError(400, "missing_only must be true or false", "missing_only")
+    limit = _int(params.get("limit"), "limit", 50, 1, MAX_PAGE_SIZE)
+    offset = _int(params.get("offset"), "offset", 0, 0, 10**9)
+    return JSONResponse(list_wanted(ctx.registry.db(), limit=limit, offset=offset, kind=kind,
+                                    missing_only=missing_only in ("true", "1", "yes")))
+
+
+def _int(text: str | None, name: str, default: int, low: int, high: int) -> int:
+    if not text:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError(400, f"{name} must be an integer from {low} to {high}", name)
+    return int(text)
+
+
+ROUTES = [
+    Route("/api/v1/jobs/availability", jobs_availability, methods=["POST"]),
+    Route("/api/v1/servers/{server_id}/dispatch-check", dispatch_check, methods=["POST"]),
+    Route("/api/v1/checkpoint-verify", checkpoint_verify, methods=["POST"]),
+    Route("/api/v1/models/wanted", wanted, methods=["GET"]),
+]
