@@ -1,10 +1,8 @@
 """The Starlette application: registry opened (and migrated) at start-up, the Civitai worker started and stopped
-with it, every API route, JSON errors, the OpenAPI description at /api/v1/openapi.json."""
+with it, every API route, JSON errors, the OpenAPI description at /api/v1/openapi.json, the dashboard at /dashboard."""
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import time
 from typing import AsyncIterator
@@ -14,10 +12,10 @@ from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
-from . import routes_models, routes_servers
+from . import dashboard, routes_jobs, routes_models, routes_overrides, routes_servers
 from .auth import load_admin_token
 from .civitai_worker import CivitaiWorker
 from .config import ServerConfig
@@ -71,15 +69,6 @@ def openapi(request: Request) -> JSONResponse:
     return JSONResponse(state.openapi_schema)
 
 
-def _extra_routes() -> list[BaseRoute]:
-    """Routes other parts of the project add when their module is present: job checks, the dashboard."""
-    routes: list[BaseRoute] = []
-    for name in ("routes_jobs", "dashboard"):
-        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
-            routes.extend(importlib.import_module(f"{__package__}.{name}").ROUTES)
-    return routes
-
-
 def create_app(config: ServerConfig | None = None) -> Starlette:
     config = config or ServerConfig.from_env()
 
@@ -115,9 +104,11 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             Route("/api/v1/openapi.json", openapi, methods=["GET"], include_in_schema=False),
             *routes_servers.ROUTES,
             *routes_models.ROUTES,
-            *_extra_routes(),
+            *routes_jobs.ROUTES,
+            *routes_overrides.ROUTES,
+            *dashboard.ROUTES,
         ],
-        middleware=[Middleware(GZipMiddleware, minimum_size=4096)],
+        middleware=[Middleware(dashboard.SecurityHeaders), Middleware(GZipMiddleware, minimum_size=4096)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

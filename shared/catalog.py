@@ -144,7 +144,8 @@ def _v2_central_registry(db: sqlite_utils.Database) -> None:
 
 def _v3_job_checks(db: sqlite_utils.Database) -> None:
     """What the job checks need: the per-reference counter of models jobs asked for and no node had (the
-    most-wanted list), and an index to find a fleet's embeddings by role (a prompt is matched against them)."""
+    most-wanted list), an index to find a fleet's embeddings by role (a prompt is matched against them), and the
+    alias index made covering (a job's names are looked up without touching the table)."""
     db["wanted_models"].create(
         {
             "id": int,
@@ -163,10 +164,23 @@ def _v3_job_checks(db: sqlite_utils.Database) -> None:
     db["wanted_models"].create_index(["kind", "reference_key"], unique=True)
     db["wanted_models"].create_index(["requests"])
     db["model_server_availability"].create_index(["role", "content_type"])
+    db["model_aliases"].create_index(["alias", "kind", "model_id", "server_id"])
+    db.conn.execute("DROP INDEX idx_model_aliases_alias")
+
+
+def _v4_rejected_matches(db: sqlite_utils.Database) -> None:
+    """Civitai matches an operator marked wrong: a lookup answer or a Civitai sidecar naming a rejected version of a
+    model is never applied to that model again."""
+    db["civitai_rejections"].create({"sha256": str, "version_id": int, "rejected_at": str}, pk=("sha256", "version_id"))
 
 
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_initial, _v2_central_registry, _v3_job_checks]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_initial,
+    _v2_central_registry,
+    _v3_job_checks,
+    _v4_rejected_matches,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -17,7 +17,7 @@ import re
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import sqlite_utils
 
@@ -88,8 +88,7 @@ class UnknownNode(KeyError):
 
 
 # --- what the registry knows ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FileCopy:
+class FileCopy(NamedTuple):
     """One file of a model on one node."""
 
     server_id: str
@@ -142,7 +141,7 @@ class Resolution:
         return self.model is not None and server_id in self.model.copies and server_id not in self.clashes
 
     def holders(self) -> list[str]:
-        return [s for s in self.model.copies if s not in self.clashes] if self.model else []
+        return sorted(s for s in self.model.copies if s not in self.clashes) if self.model else []
 
     def local_name(self, server_id: str) -> LocalName:
         found = self._local_names.get(server_id)
@@ -251,11 +250,14 @@ def _copies(db: sqlite_utils.Database, models: dict[int, dict[str, Any]]) -> dic
     found: dict[int, list[FileCopy]] = {model_id: [] for model_id in models}
     for chunk in _chunks(list(models)):
         sql = f"""SELECT model_id, server_id, path, rel_name, role, content_type FROM model_server_availability
-                  WHERE model_id IN ({_marks(chunk)}) ORDER BY path"""
+                  WHERE model_id IN ({_marks(chunk)})"""
         for model_id, server_id, path, rel_name, role, content_type in db.conn.execute(sql, chunk):
-            kind = kind_of(role, content_type or models[model_id]["type"])
-            found[model_id].append(FileCopy(server_id, path, rel_name, kind))
+            kind = _kind(role, content_type or models[model_id]["type"])
+            found[model_id].append(FileCopy._make((server_id, path, rel_name, kind)))
     return found
+
+
+_kind = functools.lru_cache(maxsize=1024)(kind_of)  # a handful of (role, content type) pairs, hundreds of copies
 
 
 # --- resolving ---------------------------------------------------------------------------------------------
@@ -276,10 +278,13 @@ def _label(r: ModelReference) -> str:
 
 
 def _kind_copies(copies: list[FileCopy], accepted: frozenset[str]) -> dict[str, FileCopy]:
+    """Each node's first copy (by path) of the accepted kinds."""
     found: dict[str, FileCopy] = {}
     for copy in copies:
         if copy.kind in accepted:
-            found.setdefault(copy.server_id, copy)
+            first = found.get(copy.server_id)
+            if first is None or copy.path < first.path:
+                found[copy.server_id] = copy
     return found
 
 
@@ -369,15 +374,16 @@ def _resolve_one(requirement: Requirement, reg: _Registry) -> Resolution:
 
 def _mark_clashes(db: sqlite_utils.Database, resolutions: list[Resolution], reg: _Registry) -> None:
     """A node whose name for the model (a stem, a VAE file name) also names another model of that kind there
-    cannot be told to load exactly this one."""
-    index: dict[str, dict[tuple[str, str], set[int]]] = {}  # name read already -> (alias kind, node) -> models
+    cannot be told to load exactly this one. Only names that more than one model holds on some node matter."""
+    shared_names: dict[str, dict[tuple[str, str], set[int]]] = {}  # name -> (alias kind, node) -> its models, if several
 
-    def named(name: str) -> dict[tuple[str, str], set[int]]:
-        if name not in index:
-            found = index[name] = {}
+    def shared(name: str) -> dict[tuple[str, str], set[int]]:
+        if name not in shared_names:
+            found: dict[tuple[str, str], set[int]] = {}
             for alias_kind, model_id, server_id in reg.aliases[name]:
                 found.setdefault((alias_kind, server_id), set()).add(model_id)
-        return index[name]
+            shared_names[name] = {key: models for key, models in found.items() if len(models) > 1}
+        return shared_names[name]
 
     unread: dict[tuple[str, str], list[tuple[Resolution, str]]] = {}  # (alias kind, name) -> (resolution, node)
     for res in resolutions:
@@ -385,14 +391,19 @@ def _mark_clashes(db: sqlite_utils.Database, resolutions: list[Resolution], reg:
         if res.model is None or alias_kind is None or (res.reference.kind == "controlnet" and res.model.row["hash_autov1"]):
             continue
         accepted = KINDS[res.reference.kind]
-        for server_id in res.model.copies:
-            local = normalise_name(res.local_name(server_id).name)
+        nodes_by_rel_name: dict[str, list[str]] = {}  # for these kinds the local name depends on the rel_name only
+        for server_id, copy in res.model.copies.items():
+            nodes_by_rel_name.setdefault(copy.rel_name, []).append(server_id)
+        for nodes in nodes_by_rel_name.values():
+            local = normalise_name(res.local_name(nodes[0]).name)
             if local not in reg.aliases:
-                unread.setdefault((alias_kind, local), []).append((res, server_id))
+                unread.setdefault((alias_kind, local), []).extend((res, node) for node in nodes)
                 continue
-            others = named(local).get((alias_kind, server_id), set()) - {res.model.id}
-            if any(reg.kinds_on[m].get(server_id, set()) & accepted for m in others):
-                res.clashes.add(server_id)
+            several = shared(local)
+            for server_id in nodes if several else ():
+                others = several.get((alias_kind, server_id), set()) - {res.model.id}
+                if any(reg.kinds_on[m].get(server_id, set()) & accepted for m in others):
+                    res.clashes.add(server_id)
     by_kind: dict[str, list[str]] = {}
     for alias_kind, local in unread:
         by_kind.setdefault(alias_kind, []).append(local)
