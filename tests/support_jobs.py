@@ -29,6 +29,15 @@ from modelsync.shared.scanner import scan
 FOLDERS = ("Stable-diffusion", "Lora", "VAE", "embeddings", "ControlNet")
 CIVITAI_FIXTURES = Path(__file__).parent / "fixtures" / "civitai"
 WINDOWS_MODELS = "C:\\sd\\models"
+# a real infotext of an image made by A1111 1.9.4, as published with it
+INFOTEXT_1_9_4 = (
+    "1girl,A superstar on stage.,, <lora:LCM_15:1>, <lora:ip-adapter-faceid-plusv2_sd15_lora:1>\n"
+    "Negative prompt: MajicNegative_V2,badhandv4,\n"
+    "Steps: 6, Sampler: LCM, Schedule type: Automatic, CFG scale: 1.5, Seed: 3748719078, Size: 768x1024, "
+    "Model hash: 19bbe9faa4, Model: fantasticmix_k2, VAE hash: 07af11b95c, VAE: vae-ft-mse-840000-ema-pruned.safetensors, "
+    'Clip skip: 2, Lora hashes: "LCM_15: aaebf6360f7d, ip-adapter-faceid-plusv2_sd15_lora: a95a0f4bdcb9", '
+    'TI hashes: "MajicNegative_V2: a53884ef726b, badhandv4: 5e40d722fc3d", Downcast alphas_cumprod: True, Version: v1.9.4'
+)
 
 
 def sha256_of(path: Path) -> str:

@@ -5,21 +5,10 @@ import time
 
 import model_factory
 import pytest
-from support_jobs import JobNode, addnet_of, set_last_contact, sha256_of
+from support_jobs import INFOTEXT_1_9_4, JobNode, addnet_of, set_last_contact, sha256_of
 from support_server import make_server  # noqa: F401  (fixture)
 
 from modelsync.shared.catalog import open_catalog
-
-# a real A1111 1.9.4 infotext, re-keyed below to files these tests generate
-REAL_INFOTEXT = (
-    "1girl,A superstar on stage.,, <lora:LCM_15:1>, <lora:ip-adapter-faceid-plusv2_sd15_lora:1>\n"
-    "Negative prompt: MajicNegative_V2,badhandv4,\n"
-    "Steps: 6, Sampler: LCM, Schedule type: Automatic, CFG scale: 1.5, Seed: 3748719078, Size: 768x1024, "
-    "Model hash: 19bbe9faa4, Model: fantasticmix_k2, VAE hash: 07af11b95c, VAE: vae-ft-mse-840000-ema-pruned.safetensors, "
-    'Clip skip: 2, Lora hashes: "LCM_15: aaebf6360f7d, ip-adapter-faceid-plusv2_sd15_lora: a95a0f4bdcb9", '
-    'TI hashes: "MajicNegative_V2: a53884ef726b, badhandv4: 5e40d722fc3d", Downcast alphas_cumprod: True, Version: v1.9.4'
-)
-
 
 class ApiFleet:
     def __init__(self, server, tmp_path):
@@ -166,7 +155,7 @@ def test_ambiguous_names_list_their_candidates_and_a_hash_decides(fleet):
     assert (failed["ok"], failed["action"], failed["payload"]) == (False, "fail", None)
     assert failed["reason"] == "lora 'ink' names 2 different models; name it by SHA256 to choose"
 
-    infotext = (REAL_INFOTEXT.replace("<lora:LCM_15:1>, <lora:ip-adapter-faceid-plusv2_sd15_lora:1>", "<lora:ink:1>")
+    infotext = (INFOTEXT_1_9_4.replace("<lora:LCM_15:1>, <lora:ip-adapter-faceid-plusv2_sd15_lora:1>", "<lora:ink:1>")
                 .replace('Lora hashes: "LCM_15: aaebf6360f7d, ip-adapter-faceid-plusv2_sd15_lora: a95a0f4bdcb9", ',
                          f'Lora hashes: "ink: {addnet_of(other_ink)[:12]}", '))
     answer = fleet.availability(infotext)
@@ -227,7 +216,7 @@ def test_not_json_and_unknown_nodes(fleet):
 
 def test_infotext_and_stablequeue_jobs_are_rewritten_for_the_node(fleet):
     checkpoint_sha, hero_addnet = sha256_of(fleet.checkpoint), addnet_of(fleet.hero)
-    infotext = (REAL_INFOTEXT.replace("<lora:LCM_15:1>, <lora:ip-adapter-faceid-plusv2_sd15_lora:1>", "<lora:hero:0.9>")
+    infotext = (INFOTEXT_1_9_4.replace("<lora:LCM_15:1>, <lora:ip-adapter-faceid-plusv2_sd15_lora:1>", "<lora:hero:0.9>")
                 .replace("MajicNegative_V2,badhandv4,", "easynegative,")
                 .replace("Model hash: 19bbe9faa4, Model: fantasticmix_k2", f"Model hash: {checkpoint_sha[:10]}, Model: juggernautXL_v9")
                 .replace("VAE hash: 07af11b95c, VAE: vae-ft-mse-840000-ema-pruned.safetensors",
