@@ -25,9 +25,9 @@ def service() -> NodeService:
 
 
 def on_app_started(demo, app) -> None:  # demo is None in API-only mode
-    settings = read_settings()
-    if settings.push_on_startup or settings.rescan_minutes > 0:
-        service().start_startup_sync(initial_sync=settings.push_on_startup)
+    """Start the background thread: the start-up scan and push (when set), then push retries, heartbeats
+    and re-scans; it returns at once."""
+    service().start_background(initial_sync=read_settings().push_on_startup)
 
 
 def on_ui_tabs() -> list[tuple[object, str, str]]:

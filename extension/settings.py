@@ -18,6 +18,7 @@ class NodeSettings:
     push_on_startup: bool = True
     hash_new_files: bool = True
     rescan_minutes: int = 0
+    heartbeat_seconds: int = 60
     max_hash_size_mb: int = 0
     extra_roots: str = ""
 
@@ -40,6 +41,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "modelsync_push_on_startup": ("push_on_startup", "Scan and push the inventory on start-up"),
     "modelsync_hash_new_files": ("hash_new_files", "Hash new files automatically"),
     "modelsync_rescan_minutes": ("rescan_minutes", "Re-scan interval in minutes (0: off)"),
+    "modelsync_heartbeat_seconds": ("heartbeat_seconds", "Heartbeat to the central server every N seconds (0: off)"),
     "modelsync_max_hash_size_mb": ("max_hash_size_mb", "Largest file to hash, MB (0: default, 15 GB)"),
     "modelsync_extra_roots": ("extra_roots", "Extra model folders (one per line)"),
 }

@@ -7,13 +7,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import gradio as gr
-import requests
 
 from ..shared.catalog import migrate, open_catalog
-from ..shared.scanner import ScanProgress
-from .node_service import NodeService
+from .node_service import NodeService, ScanState
+from .thumbnails import thumbnail_markdown
 
-TABLE_HEADERS = ["Name", "Type", "Base", "AutoV2", "Size", "Metadata source", "Fleet nodes", "Path"]
+TABLE_HEADERS = ["Preview", "Name", "Type", "Base", "AutoV2", "Size", "Metadata source", "Fleet nodes", "Path"]
+TABLE_TYPES = ["markdown"] + ["str"] * (len(TABLE_HEADERS) - 1)
 ALL_TYPES = "All"
 POLL_SECONDS = 0.5
 IDLE_LABEL = "Scan for New Models"
@@ -28,7 +28,10 @@ def _size(num: int | None) -> str:
     return f"{value:.1f} TB"
 
 
-def progress_text(progress: ScanProgress | None) -> str:
+def progress_text(state: ScanState) -> str:
+    if state.pushing:
+        return "Pushing the inventory to the central server..."
+    progress = state.progress
     if progress is None:
         return "Starting..."
     eta = f", about {progress.eta_seconds:.0f} s left" if progress.eta_seconds is not None else ""
@@ -39,24 +42,26 @@ def progress_text(progress: ScanProgress | None) -> str:
 
 
 class TabActions:
-    """What the tab's controls call; plain functions of the node service so tests can drive them."""
+    """What the tab's controls call; plain functions of the node service so tests drive the same code."""
 
     def __init__(self, service: NodeService):
         self.service = service
+        self.counts: dict[str, int] | None = None  # fleet node counts by SHA256, read by refresh_table
 
     def scanning_label(self, calculate_hashes: bool) -> str:
         return "Scanning + Calculating Hashes..." if calculate_hashes else "Scanning..."
 
     def start_scan(self, calculate_hashes: bool) -> tuple[dict[str, Any], str]:
+        """The button: start a scan (or follow the one running) and disable the button."""
         self.service.start_scan(bool(calculate_hashes))
         running = self.service.scan_state
-        return gr.update(value=self.scanning_label(running.calculate_hashes), interactive=False), progress_text(running.progress)
+        return gr.update(value=self.scanning_label(running.calculate_hashes), interactive=False), progress_text(running)
 
     def follow_scan(self) -> Iterator[tuple[dict[str, Any], str, str]]:
-        """Yields (button, progress, report) until the running scan ends, then the final report."""
+        """Yields (button, progress, report) until the running scan and its push end, then the final report."""
         while self.service.scan_state.running:
             state = self.service.scan_state
-            yield gr.update(value=self.scanning_label(state.calculate_hashes), interactive=False), progress_text(state.progress), ""
+            yield gr.update(value=self.scanning_label(state.calculate_hashes), interactive=False), progress_text(state), ""
             time.sleep(POLL_SECONDS)
         yield gr.update(value=IDLE_LABEL, interactive=True), "", self.report_markdown()
 
@@ -74,7 +79,9 @@ class TabActions:
             parts.append(
                 "**Duplicates**\n" + "\n".join(f"- {d.sha256[:10]}: " + ", ".join(f"`{p}`" for p in d.paths) for d in report.duplicates)
             )
-        parts.append(self.service.status_line())
+        written = self.service.push_status.previews_written
+        if written:
+            parts.append("**Previews written**\n" + "\n".join(f"- `{path}`" for path in written))
         return "\n\n".join(parts)
 
     def _local_rows(self) -> list[dict[str, Any]]:
@@ -96,40 +103,41 @@ class TabActions:
         finally:
             db.close()
 
-    def fleet_counts(self) -> dict[str, int]:
-        """sha256 -> how many fleet nodes hold the model; empty without a reachable central server."""
-        settings = self.service.settings()
-        url = settings.server_url.strip().rstrip("/")
-        if not url:
-            return {}
-        try:
-            answer = requests.get(
-                f"{url}/api/v1/models", params={"server": settings.effective_node_id, "limit": 500}, timeout=10
-            ).json()
-        except (requests.RequestException, ValueError):
-            return {}
-        return {m["sha256"]: m.get("node_count", 0) for m in answer.get("models", []) if m.get("sha256")}
+    @staticmethod
+    def _type_of(row: dict[str, Any]) -> str:
+        return row["type"] or row["content_type"] or row["role"] or ""
 
     def models_table(self, type_filter: str = ALL_TYPES, text: str = "") -> list[list[Any]]:
-        counts = self.fleet_counts()
+        """The filter controls: the node's models of that type whose name, file or hash contains `text`."""
         needle = (text or "").strip().lower()
         rows = []
         for r in self._local_rows():
-            model_type = r["type"] or r["content_type"] or r["role"] or ""
+            model_type = self._type_of(r)
             name = r["name"] or r["rel_name"]
             if type_filter and type_filter != ALL_TYPES and model_type != type_filter:
                 continue
             if needle and needle not in f"{name} {r['rel_name']} {r['hash_sha256'] or ''}".lower():
                 continue
-            fleet = counts.get(r["hash_sha256"], "") if counts else ""
-            rows.append([name, model_type, r["base"] or r["content_base"] or "", r["hash_autov2"] or "",
-                         _size(r["size"]), r["metadata_source"] or "", fleet, r["path"]])
+            fleet = str(self.counts.get(r["hash_sha256"], 0)) if self.counts is not None and r["hash_sha256"] else ""
+            rows.append([thumbnail_markdown(r["path"]), name, model_type, r["base"] or r["content_base"] or "",
+                         r["hash_autov2"] or "", _size(r["size"]), r["metadata_source"] or "", fleet, r["path"]])
         return rows
 
-    def model_types(self) -> list[str]:
-        return [ALL_TYPES] + sorted({row[1] for row in self.models_table() if row[1]})
+    def refresh_table(self, type_filter: str = ALL_TYPES, text: str = "") -> tuple[list[list[Any]], dict[str, Any], str]:
+        """Tab load, the Refresh button and the end of a scan: fleet counts read again from the central server,
+        then (table, type choices, status line)."""
+        self.counts = self.service.fleet_counts()
+        types = [ALL_TYPES] + sorted({t for t in map(self._type_of, self._local_rows()) if t})
+        return self.models_table(type_filter, text), gr.update(choices=types), self.service.status_line()
+
+    def select_row(self, evt: gr.SelectData, rows: Any) -> str:
+        """A click in the table: the path (last column) of that row."""
+        data = rows.values.tolist() if hasattr(rows, "values") else rows
+        return str(data[evt.index[0]][-1]) if data else ""
 
     def details(self, path: str) -> dict[str, Any]:
+        """Everything the catalog knows about the file at `path`: the file, all paths of its model, all hashes
+        and metadata (with the source of each field)."""
         if not path or not self.service.catalog_path.is_file():
             return {}
         db = open_catalog(self.service.catalog_path)
@@ -141,7 +149,9 @@ class TabActions:
             paths = [r["path"] for r in db.query("SELECT path FROM model_server_availability WHERE model_id = ?", [copy["model_id"]])] if model else [path]
         finally:
             db.close()
-        return {"file": dict(copy), "paths": paths, "model": {k: _json_value(v) for k, v in (model or {}).items()}}
+        fleet = self.counts.get(model["hash_sha256"]) if model and self.counts is not None else None
+        return {"file": {k: _json_value(v) for k, v in copy.items()}, "paths": paths, "fleet_nodes": fleet,
+                "model": {k: _json_value(v) for k, v in (model or {}).items()}}
 
 
 def _json_value(value: Any) -> Any:
@@ -166,27 +176,18 @@ def build_tab(service: NodeService) -> gr.Blocks:
             type_filter = gr.Dropdown(choices=[ALL_TYPES], value=ALL_TYPES, label="Type")
             text_filter = gr.Textbox(label="Filter", placeholder="name, file or hash")
             refresh = gr.Button("Refresh")
-        table = gr.Dataframe(headers=TABLE_HEADERS, value=[], interactive=False, wrap=True)
+        table = gr.Dataframe(headers=TABLE_HEADERS, datatype=TABLE_TYPES, value=[], interactive=False, wrap=True)
         selected_path = gr.Textbox(label="Path of the model to show (click a row)")
         details = gr.JSON(label="Details")
 
-        def refresh_table(kind: str, text: str) -> tuple[list[list[Any]], dict[str, Any], str]:
-            return actions.models_table(kind, text), gr.update(choices=actions.model_types()), service.status_line()
-
-        def filter_table(kind: str, text: str) -> list[list[Any]]:
-            return actions.models_table(kind, text)
-
-        def select_row(evt: gr.SelectData, rows: Any) -> str:
-            data = rows.values.tolist() if hasattr(rows, "values") else rows
-            return str(data[evt.index[0]][-1]) if data else ""
-
+        table_outputs = [table, type_filter, status]
         scan_button.click(actions.start_scan, [calculate_hashes], [scan_button, progress]).then(
             actions.follow_scan, None, [scan_button, progress, report]
-        ).then(refresh_table, [type_filter, text_filter], [table, type_filter, status])
-        refresh.click(refresh_table, [type_filter, text_filter], [table, type_filter, status])
-        for event in (type_filter.select, text_filter.submit):
-            event(filter_table, [type_filter, text_filter], [table])
-        table.select(select_row, [table], [selected_path])
+        ).then(actions.refresh_table, [type_filter, text_filter], table_outputs)
+        refresh.click(actions.refresh_table, [type_filter, text_filter], table_outputs)
+        type_filter.change(actions.models_table, [type_filter, text_filter], [table])
+        text_filter.change(actions.models_table, [type_filter, text_filter], [table])
+        table.select(actions.select_row, [table], [selected_path])
         selected_path.change(actions.details, [selected_path], [details])
-        tab.load(refresh_table, [type_filter, text_filter], [table, type_filter, status])
+        tab.load(actions.refresh_table, [type_filter, text_filter], table_outputs)
     return tab

@@ -156,6 +156,34 @@ class ServerClient:
             f"api/v1/servers/{self.credentials.server_id}/heartbeat", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
 
+    def _get_json(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self.session.get(self._url(path), params=params, headers=self._headers(), timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise PushError(f"cannot reach {self.base_url}: {exc}") from None
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if response.status_code != 200 or not isinstance(answer, dict):
+            raise PushError(f"HTTP {response.status_code} from {path}", response.status_code)
+        return answer
+
+    def node_counts(self, server_id: str | None = None, page_size: int = 500) -> dict[str, int]:
+        """SHA256 -> how many fleet nodes hold the model, for every model `server_id` holds (every model when
+        None); read page by page from GET /api/v1/models."""
+        params: dict[str, Any] = {"limit": page_size, "sort": "id"}
+        if server_id:
+            params["server"] = server_id
+        counts: dict[str, int] = {}
+        page, pages = 1, 1
+        while page <= pages:
+            answer = self._get_json("api/v1/models", {**params, "page": page})
+            counts.update({m["sha256"]: int(m.get("node_count") or 0) for m in answer.get("models", []) if m.get("sha256")})
+            pages = int(answer.get("pages") or 0)
+            page += 1
+        return counts
+
     def fetch_preview(self, preview_url: str, max_bytes: int = 20 * 1024 * 1024) -> bytes | None:
         """A preview's JPEG bytes (`preview_url` as the sync answer gives it); None when the server has none."""
         try:

@@ -1,5 +1,7 @@
 """The Forge extension against a stand-in host (tests/support_forge_host.py) and the real central server."""
+import base64
 import hashlib
+import io
 import os
 import socket
 import subprocess
@@ -11,13 +13,14 @@ from pathlib import Path
 
 import gradio as gr
 import model_factory
+import pandas as pd
 import pytest
+from PIL import Image
 from modelsync.extension import forge_callbacks
 from modelsync.extension.host_paths import host_roots
-from modelsync.extension.node_service import NodeService
-from modelsync.extension.settings import SECTION, NodeSettings, read_settings
-from modelsync.extension.tab import IDLE_LABEL, TabActions
-from modelsync.shared.records import Root
+from modelsync.extension.settings import SECTION, read_settings
+from modelsync.extension.tab import IDLE_LABEL, TABLE_HEADERS, TabActions
+from modelsync.extension.thumbnails import THUMBNAIL_PIXELS
 from support_forge_host import forge_host, run_script
 from support_server import central_server  # noqa: F401  (fixture)
 
@@ -70,6 +73,7 @@ def test_settings_section_and_defaults(host):
     assert sections == {SECTION}
     settings = read_settings()
     assert settings.push_on_startup and settings.hash_new_files and settings.rescan_minutes == 0
+    assert settings.heartbeat_seconds == 60 and settings.max_hash_size_mb == 0 and settings.server_url == ""
     assert settings.effective_node_id == socket.gethostname()
     host.opts.modelsync_extra_roots = "/a\n/b"
     assert read_settings().extra_root_list == ["/a", "/b"]
@@ -94,8 +98,10 @@ def test_tab_scan_pushes_to_the_central_server(host, central_server):  # noqa: F
     host.start_app(None, None)
     [(blocks, title, elem_id)] = host.tabs()
     assert isinstance(blocks, gr.Blocks) and title == "Model Sync" and elem_id == "modelsync_tab"
-    labels = [c.get("props", {}).get("value") for c in blocks.get_config_file()["components"]]
-    assert IDLE_LABEL in labels
+    components = [c.get("props", {}) for c in blocks.get_config_file()["components"]]
+    assert IDLE_LABEL in [props.get("value") for props in components]
+    [table] = [props for props in components if props.get("headers") == TABLE_HEADERS]
+    assert table["datatype"][0] == "markdown"
 
     actions = TabActions(forge_callbacks.service())
     button, _progress = actions.start_scan(True)
@@ -104,52 +110,86 @@ def test_tab_scan_pushes_to_the_central_server(host, central_server):  # noqa: F
     final_button, _, report = updates[-1]
     assert final_button["interactive"] is True and final_button["value"] == IDLE_LABEL
     assert "Scan complete! Found 3 model files" in report and "Calculated: 3 hashes" in report
+    assert forge_callbacks.service().push_status.answer["added"] == 3  # pushed before the scan was reported done
 
-    deadline = time.monotonic() + 30
-    while forge_callbacks.service().push_status.last_push is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    servers = central_server.get("/api/v1/servers").json()
-    assert "gpu-07" in str(servers)
+    servers = central_server.get("/api/v1/servers").json()["servers"]
+    assert [s["id"] for s in servers] == ["gpu-07"] and servers[0]["file_count"] == 3
     models = central_server.get("/api/v1/models", params={"limit": 10}).json()
     assert {m["sha256"] for m in models["models"]} == {sha256_of(f) for f in files}
-    assert "reachable" in forge_callbacks.service().status_line()
 
-    rows = actions.models_table()
-    assert {row[-1] for row in rows} == {str(f) for f in files} and {row[6] for row in rows} == {1}
+    rows, type_choices, status = actions.refresh_table()
+    assert "reachable" in status and "answered: added 3" in status
+    assert {row[-1] for row in rows} == {str(f) for f in files} and {row[7] for row in rows} == {"1"}
+    assert {row[4] for row in rows} == {sha256_of(f)[:10] for f in files}  # AutoV2
     assert [row[-1] for row in actions.models_table(text="hero")] == [str(files[0])]
-    lora_type = next(row[1] for row in rows if row[-1] == str(files[0]))
+    lora_type = next(row[2] for row in rows if row[-1] == str(files[0]))
+    assert lora_type in type_choices["choices"]
     assert [row[-1] for row in actions.models_table(type_filter=lora_type)] == [str(files[0])]
-    details = actions.details(str(files[0]))
+
+    table_value = pd.DataFrame(rows, columns=TABLE_HEADERS)
+    index = [row[-1] for row in rows].index(str(files[0]))
+    picked = actions.select_row(gr.SelectData(None, {"index": [index, 1], "value": rows[index][1], "selected": True}), table_value)
+    assert picked == str(files[0])
+    details = actions.details(picked)
     assert details["model"]["hash_sha256"] == sha256_of(files[0]) and details["paths"] == [str(files[0])]
+    assert details["fleet_nodes"] == 1 and details["file"]["path"] == str(files[0])
+    assert {"hash_sha256", "hash_autov1", "hash_autov2", "hash_autov3", "metadata_source", "field_sources"} <= details["model"].keys()
+    assert details["model"]["hash_autov2"] == sha256_of(files[0])[:10] and len(details["model"]["hash_autov3"]) == 64
 
 
-def test_start_up_push_with_the_server_down_never_raises_and_retries(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    model_factory.write_lora(tmp_path / "models" / "Lora" / "a.safetensors")
-    settings = NodeSettings(server_url=dead_url, node_id="gpu-09")
-
-    service = NodeService(tmp_path / "data", lambda: settings, lambda extra: [Root(str(tmp_path / "models" / "Lora"), "lora")],
-                          retry_delays=(0.01, 0.01))
-    service.start_startup_sync().join(60)
-    assert service.push_status.attempts == 3 and service.push_status.reachable is False
-    assert service.scan_state.report.stats.total == 1
-    assert "unreachable" in service.status_line()
-
-
-def test_start_up_push_does_not_block_app_start_when_the_server_is_down(host):
+def test_without_a_central_server_the_tab_works_locally_and_shows_previews(host):
+    webui = Path(host.modules["modules.paths"].data_path)
+    files = write_models(webui)
+    Image.new("RGB", (300, 200), (10, 120, 200)).save(webui / "models" / "Lora" / "hero.preview.jpeg", "JPEG")
     run_script(REPO / "scripts" / "modelsync_tab.py")
-    host.opts.modelsync_server_url = "http://127.0.0.1:9"
+    host.opts.modelsync_push_on_startup = False
+    actions = TabActions(forge_callbacks.service())
+    actions.start_scan(False)
+    report = list(actions.follow_scan())[-1][2]
+    assert "Scan complete! Found 3 model files" in report
+
+    rows, _choices, status = actions.refresh_table()
+    assert status == "No central server configured: local scan only."
+    assert {row[7] for row in rows} == {""}  # no fleet counts without a server
+    by_path = {row[-1]: row for row in rows}
+    thumbnail = by_path[str(files[0])][0]
+    prefix = "![preview](data:image/jpeg;base64,"
+    assert thumbnail.startswith(prefix) and thumbnail.endswith(")")
+    with Image.open(io.BytesIO(base64.b64decode(thumbnail[len(prefix):-1]))) as image:
+        assert image.format == "JPEG" and max(image.size) == THUMBNAIL_PIXELS
+    assert by_path[str(files[1])][0] == ""  # no preview file: an empty cell
+    assert by_path[str(files[0])][4] == ""  # not hashed: no AutoV2
+
+
+def test_app_start_returns_at_once_and_the_start_up_sync_runs_in_the_background(host, central_server):  # noqa: F811
+    files = write_models(Path(host.modules["modules.paths"].data_path))
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.opts.modelsync_server_url = central_server.base_url
+    host.opts.modelsync_node_id = "gpu-08"
     started = time.monotonic()
     host.start_app(None, None)  # API-only mode: demo is None
     assert time.monotonic() - started < 1
-    forge_callbacks.service().stop()
-    for thread in threading.enumerate():
-        if thread.name == "modelsync-startup":
-            thread.join(30)
-    assert forge_callbacks.service().push_status.attempts == 1
-    assert "unreachable" in forge_callbacks.service().status_line()
+    service = forge_callbacks.service()
+    assert service.start_background() is service.start_background()  # started once
+    service.stop(timeout=60)  # waits for the start-up scan and push, then the thread ends
+    assert not any(t.name == "modelsync-background" and t.is_alive() for t in threading.enumerate())
+    assert service.push_status.attempts == 1 and service.push_status.reachable is True
+    servers = central_server.get("/api/v1/servers").json()["servers"]
+    assert [s["id"] for s in servers] == ["gpu-08"] and servers[0]["file_count"] == len(files)
+    assert service.scan_state.report.stats.hashesCalculated == len(files)  # "hash new files" is on by default
+
+
+def test_app_start_with_the_server_down_never_raises(host):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.opts.modelsync_server_url = dead_url
+    host.start_app(None, None)
+    service = forge_callbacks.service()
+    service.stop(timeout=60)
+    assert service.push_status.attempts == 1 and service.push_status.reachable is False
+    assert "unreachable" in service.status_line() and "next try at" in service.status_line()
 
 
 def test_our_modules_win_over_other_extensions_top_level_packages(tmp_path):
