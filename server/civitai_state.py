@@ -1,8 +1,8 @@
 """What the registry knows of its Civitai lookups: which models are due, and recording each answer.
 
-Lookups are keyed by SHA256 in `civitai_lookups`: `next_attempt_at` NULL means "not again" (found), a time
-means "due then" (after a 404: the re-check age; after an error: the back-off). A model with null Civitai
-fields and no lookup row is due now.
+Lookups are keyed by SHA256 in `civitai_lookups`: `next_attempt_at` NULL means "not again" (found, or a match the
+operator rejected), a time means "due then" (after a 404: the re-check age; after an error: the back-off). A model
+with null Civitai fields and no lookup row is due now. A rejected match (`civitai_rejections`) is never applied again.
 """
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from typing import Any
 import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
+from modelsync.shared.inventory_apply import CIVITAI_SOURCES
 from modelsync.shared.metadata_merge import merge
 from modelsync.shared.metadata_sources import from_civitai_version
 from modelsync.shared.records import MANUAL_SOURCE, METADATA_FIELDS, SOURCE_PRIORITY, MetadataContribution
 
+from .errors import ApiError
 from .registry import iso, utc_now
 
 SOURCE = "civitai_api"
@@ -77,7 +79,7 @@ def requeue_lookup(db: sqlite_utils.Database, sha256: str) -> None:
         db.conn.execute("DELETE FROM model_previews WHERE sha256 = ? AND status != 'stored'", [sha256])
 
 
-def _metadata_source(sources: dict[str, str], fields: dict[str, Any]) -> str | None:
+def metadata_source(sources: dict[str, str], fields: dict[str, Any]) -> str | None:
     """The highest-priority source that gave a real value ("none" marks do not count)."""
     rank = {MANUAL_SOURCE: -1, **{s: i for i, s in enumerate(SOURCE_PRIORITY)}}
     real = {source for name, source in sources.items() if fields.get(name) not in (None, UNKNOWN)}
@@ -108,7 +110,7 @@ def _write_fields(db: sqlite_utils.Database, model: dict[str, Any], fields: dict
     kept_sources = {k: v for k, v in sources.items() if fields.get(k) is not None}
     if kept_sources != (model.get("field_sources") or {}):
         row["field_sources"] = json.dumps(kept_sources, sort_keys=True)
-    source = _metadata_source(kept_sources, fields)
+    source = metadata_source(kept_sources, fields)
     if source != model.get("metadata_source"):
         row["metadata_source"] = source
     if row:
@@ -131,10 +133,19 @@ def _record(db: sqlite_utils.Database, sha256: str, status: str, next_attempt_at
     )
 
 
+def rejected_versions(db: sqlite_utils.Database, sha256: str) -> set[int]:
+    return {r[0] for r in db.conn.execute("SELECT version_id FROM civitai_rejections WHERE sha256 = ?", [sha256])}
+
+
 def record_found(db: sqlite_utils.Database, sha256: str, version: dict[str, Any], origin: str) -> set[str]:
-    """Fill the model's null fields from a Civitai version (never overwriting; earlier "none" marks give way)."""
+    """Fill the model's null fields from a Civitai version (never overwriting; earlier "none" marks give way).
+    A version the operator rejected for this model is recorded as such and not applied."""
     offered = from_civitai_version(version, sha256)
+    version_id = version.get("id") if isinstance(version.get("id"), int) else None
     with write_transaction(db):
+        if version_id is not None and version_id in rejected_versions(db, sha256):
+            _record(db, sha256, "rejected", None, version_id=version_id)
+            return set()
         model = _model(db, sha256)
         changed: set[str] = set()
         if model is not None:
@@ -146,9 +157,51 @@ def record_found(db: sqlite_utils.Database, sha256: str, version: dict[str, Any]
                     sources.pop(name)
             merged = merge([MetadataContribution(SOURCE, offered, origin)], existing, sources, model.get("overrides") or {})
             changed = _write_fields(db, model, merged.fields, merged.field_sources)
-        version_id = version.get("id") if isinstance(version.get("id"), int) else None
         _record(db, sha256, "found", None, version_id=version_id, response=json.dumps(version, ensure_ascii=False))
     return changed
+
+
+def reject_match(db: sqlite_utils.Database, model_id: int) -> tuple[int, set[str]]:
+    """The operator says the model's Civitai match is wrong: remember its version as rejected, clear what the match
+    filled (the Civitai columns and every field a Civitai source gave; overrides stay), put back the type and base
+    the files' content says, and drop its preview. Returns the rejected version id and the cleared fields."""
+    with write_transaction(db):
+        row = db.conn.execute("SELECT hash_sha256 FROM models WHERE id = ?", [model_id]).fetchone()
+        if row is None:
+            raise ApiError(404, f"no model with id {model_id}", "id")
+        model = _model(db, row[0])
+        assert model is not None
+        version_id = model.get("civitai_version_id")
+        if version_id is None:
+            raise ApiError(409, f"model {model_id} has no Civitai match to reject", "civitai_version_id")
+        overrides = model.get("overrides") or {}
+        sources = dict(model.get("field_sources") or {})
+        fields = {k: model.get(k) for k in METADATA_FIELDS}
+        cleared = {
+            name for name in METADATA_FIELDS
+            if fields[name] is not None and name not in overrides
+            and (name.startswith("civitai_") or sources.get(name) in CIVITAI_SOURCES)
+        }
+        for name in cleared:
+            fields[name] = None
+            sources.pop(name, None)
+        for name, column in (("type", "content_type"), ("base", "content_base")):
+            if fields[name] is None:
+                content = db.conn.execute(
+                    f"""SELECT {column} FROM model_server_availability WHERE model_id = ? AND {column} IS NOT NULL
+                        GROUP BY {column} ORDER BY COUNT(*) DESC, {column} LIMIT 1""",
+                    [model_id],
+                ).fetchone()
+                if content is not None:
+                    fields[name], sources[name] = content[0], "embedded"
+        _write_fields(db, model, fields, sources)
+        db.conn.execute(
+            "INSERT OR REPLACE INTO civitai_rejections (sha256, version_id, rejected_at) VALUES (?, ?, ?)",
+            [model["hash_sha256"], version_id, iso(utc_now())],
+        )
+        _record(db, model["hash_sha256"], "rejected", None, version_id=version_id)
+        db.conn.execute("DELETE FROM model_previews WHERE sha256 = ?", [model["hash_sha256"]])
+    return version_id, cleared
 
 
 def record_not_found(db: sqlite_utils.Database, sha256: str, recheck_days: float) -> set[str]:

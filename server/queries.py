@@ -162,16 +162,19 @@ def list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str,
     where_sql = ("WHERE " + " AND ".join(where)) if where else ""
 
     total = db.conn.execute(f"SELECT COUNT(*) FROM models m {where_sql}", args).fetchone()[0]
+    # the page's ids first (a sort over the filtered models alone), then the per-model counts for those rows only:
+    # SQLite would otherwise compute them for every row it sorts, which a deep page of a large registry pays for
+    ordering = f"{SORT_COLUMNS[sort]} {order.upper()}, m.id {order.upper()}"
     sql = f"""
+        WITH page AS (SELECT m.id FROM models m {where_sql} ORDER BY {ordering} LIMIT ? OFFSET ?)
         SELECT m.*,
           (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a WHERE a.model_id = m.id) AS node_count,
           (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a
              WHERE a.model_id = m.id AND a.server_id IN ({_marks(online)})) AS online_node_count,
           EXISTS (SELECT 1 FROM model_previews p WHERE p.sha256 = m.hash_sha256 AND p.status = 'stored') AS preview_stored
-        FROM models m {where_sql}
-        ORDER BY {SORT_COLUMNS[sort]} {order.upper()}, m.id {order.upper()}
-        LIMIT ? OFFSET ?"""
-    rows = _rows(db, sql, [*online, *args, limit, offset])
+        FROM page JOIN models m ON m.id = page.id
+        ORDER BY {ordering}"""
+    rows = _rows(db, sql, [*args, limit, offset, *online])
     return {
         "models": [model_summary(r) for r in rows],
         "total": total,
@@ -255,6 +258,8 @@ def model_info(db: sqlite_utils.Database, liveness: Liveness, model_id: int) -> 
         [model["hash_sha256"]],
     )
     preview = _rows(db, "SELECT status, source_url, checked_at, error FROM model_previews WHERE sha256 = ?", [model["hash_sha256"]])
+    rejected = _rows(db, "SELECT version_id, rejected_at FROM civitai_rejections WHERE sha256 = ? ORDER BY rejected_at",
+                     [model["hash_sha256"]])
     model["sha256"] = model["hash_sha256"]
     return {
         **model,
@@ -265,6 +270,7 @@ def model_info(db: sqlite_utils.Database, liveness: Liveness, model_id: int) -> 
         "online": availability["online"],
         "aliases": aliases,
         "civitai_lookup": lookup[0] if lookup else None,
+        "civitai_rejected": rejected,
         "preview": preview[0] if preview else None,
         "preview_url": preview_url(model_id) if preview and preview[0]["status"] == "stored" else None,
     }

@@ -3,6 +3,7 @@
 The same function serves a node's own scan (its catalog) and the central server's sync (the registry):
 models are upserted by SHA256 with a null-only metadata merge, availability rows are added, changed or
 removed for that server only, and its aliases follow. Re-applying an unchanged snapshot writes nothing.
+A file's Civitai fields naming a version the operator rejected for its model (`civitai_rejections`) are ignored.
 Counts are per file: added = paths new to this server, updated = known paths whose content, attributes
 or model metadata changed, removed = paths no longer listed.
 """
@@ -21,6 +22,8 @@ from .inventory import Inventory, InventoryFile
 from .metadata_merge import contributions_from_flat, merge
 from .names import aliases, kind_of, local_name
 from .records import METADATA_FIELDS
+
+CIVITAI_SOURCES = frozenset({"civitai_json", "civitai_api"})
 
 _AVAILABILITY_ATTRS = (
     "model_id",
@@ -83,15 +86,34 @@ def _load_models(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, dic
     return found
 
 
-def _file_fields(f: InventoryFile) -> dict[str, Any]:
-    return {k: v for k, v in f.metadata.items() if k in METADATA_FIELDS and v is not None}
+def _load_rejections(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, set[int]]:
+    rejected: dict[str, set[int]] = {}
+    for chunk in _chunks(sha256s):
+        marks = ",".join("?" * len(chunk))
+        for sha256, version_id in db.conn.execute(
+            f"SELECT sha256, version_id FROM civitai_rejections WHERE sha256 IN ({marks})", chunk
+        ):
+            rejected.setdefault(sha256, set()).add(version_id)
+    return rejected
 
 
-def _merge_file_into_model(model: dict[str, Any], f: InventoryFile) -> set[str]:
+def _without_rejected_match(fields: dict[str, Any], sources: dict[str, str], rejected: set[int]) -> dict[str, Any]:
+    """The fields less those a rejected Civitai match gave (its Civitai columns and whatever a Civitai source filled)."""
+    if fields.get("civitai_version_id") not in rejected:
+        return fields
+    return {k: v for k, v in fields.items() if not k.startswith("civitai_") and sources.get(k) not in CIVITAI_SOURCES}
+
+
+def _file_fields(f: InventoryFile, rejected: set[int]) -> dict[str, Any]:
+    fields = {k: v for k, v in f.metadata.items() if k in METADATA_FIELDS and v is not None}
+    return _without_rejected_match(fields, f.field_sources, rejected)
+
+
+def _merge_file_into_model(model: dict[str, Any], f: InventoryFile, rejected: set[int]) -> set[str]:
     """Fill the model's null fields from one file's metadata and hashes; returns the changed columns."""
     changed: set[str] = set()
     result = merge(
-        contributions_from_flat(_file_fields(f), f.field_sources),
+        contributions_from_flat(_file_fields(f, rejected), f.field_sources),
         existing={k: model.get(k) for k in METADATA_FIELDS},
         existing_sources=model.get("field_sources") or {},
         overrides=model.get("overrides") or {},
@@ -173,6 +195,7 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
         }
         sha256s = sorted({f.sha256 for f in inventory.files if f.sha256})
         models = _load_models(db, sha256s)
+        rejections = _load_rejections(db, sha256s)
 
         new_model_rows: list[dict[str, Any]] = []
         changed_model_cols: dict[str, set[str]] = {}
@@ -184,7 +207,7 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
                 model = {"hash_sha256": f.sha256, "hash_autov2": f.sha256[:10], "created_at": now, "updated_at": now}
                 models[f.sha256] = model
                 new_model_rows.append(model)
-            cols = _merge_file_into_model(model, f)
+            cols = _merge_file_into_model(model, f, rejections.get(f.sha256, set()))
             if cols and "id" in model:
                 changed_model_cols.setdefault(f.sha256, set()).update(cols)
 

@@ -1,0 +1,178 @@
+"""The web dashboard: server-rendered pages (Jinja2, autoescaped) over the registry, static CSS and JavaScript.
+
+Browsing needs no token; the admin actions on these pages call the JSON API with the admin token the operator
+enters once (kept in the browser's sessionStorage). Every response carries a Content-Security-Policy without
+inline scripts or styles (`security_headers`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Awaitable, Callable, ClassVar
+from urllib.parse import urlencode
+
+import jinja2
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from modelsync.shared.records import BASES, METADATA_FIELDS, MODEL_TYPES
+
+from . import dashboard_queries, queries
+from .context import context
+from .errors import ApiError
+
+HERE = Path(__file__).parent
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+PAGE_SIZES = (25, 50, 100, 200)
+JOB_FORMATS = ("auto", "a1111", "infotext", "stablequeue", "requirements")
+CIVITAI_SITE = "https://civitai.com"
+
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return ""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return ""
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["size"] = human_size
+    return env
+
+
+templates = Jinja2Templates(env=_environment())
+
+
+def query_url(request: Request, **changes: Any) -> str:
+    """This page's URL with some query parameters changed (None drops one); a filter change goes back to page 1."""
+    params = dict(request.query_params)
+    if "page" not in changes:
+        params.pop("page", None)
+    for name, value in changes.items():
+        if value is None or value == "":
+            params.pop(name, None)
+        else:
+            params[name] = str(value)
+    return request.url.path + ("?" + urlencode(params) if params else "")
+
+
+def _render(request: Request, name: str, status_code: int = 200, **values: Any) -> Response:
+    return templates.TemplateResponse(request, name, {"query_url": lambda **c: query_url(request, **c), **values},
+                                      status_code=status_code)
+
+
+def _page(handler: Callable[[Request], Response]) -> Callable[[Request], Awaitable[Response]]:
+    """A page handler run in the thread pool (it reads the registry); a bad parameter or unknown id is an HTML page."""
+
+    async def page(request: Request) -> Response:
+        try:
+            return await run_in_threadpool(handler, request)
+        except ApiError as exc:
+            return _render(request, "error.html", exc.status, title="Error", nav="", status=exc.status, message=exc.message)
+
+    page.__name__ = handler.__name__
+    return page
+
+
+@_page
+def models_page(request: Request) -> Response:
+    ctx = context(request)
+    db = ctx.registry.db()
+    params = dict(request.query_params)
+    params.setdefault("limit", "50")
+    listing = queries.list_models(db, ctx.liveness, params)
+    held = dashboard_queries.holders(db, [m["id"] for m in listing["models"]])
+    return _render(
+        request, "models.html", title="Models", nav="models", listing=listing, held=held, params=params,
+        types=MODEL_TYPES, bases=BASES, nodes=dashboard_queries.node_choices(db), page_sizes=PAGE_SIZES,
+        availability_filters=queries.AVAILABILITY_FILTERS, model_path_set=bool(ctx.own_node.model_paths),
+    )
+
+
+@_page
+def model_page(request: Request) -> Response:
+    ctx = context(request)
+    info = queries.model_info(ctx.registry.db(), ctx.liveness, request.path_params["id"])
+    metadata = [(name, info[name], info["field_sources"].get(name)) for name in METADATA_FIELDS if info.get(name) is not None]
+    return _render(
+        request, "model.html", title=info["name"] or info["filename"] or info["sha256"][:10], nav="models", m=info,
+        metadata=metadata, types=MODEL_TYPES, bases=BASES, civitai_site=CIVITAI_SITE,
+    )
+
+
+@_page
+def nodes_page(request: Request) -> Response:
+    ctx = context(request)
+    db = ctx.registry.db()
+    model_type = request.query_params.get("type") or "checkpoint"
+    page = request.query_params.get("page") or "1"
+    if not page.isdigit() or int(page) < 1:
+        raise ApiError(400, "page must be a positive integer", "page")
+    grid = dashboard_queries.matrix(db, ctx.liveness, model_type, int(page), request.query_params.get("incomplete") == "1")
+    return _render(request, "nodes.html", title="Nodes", nav="nodes", matrix=grid, types=MODEL_TYPES)
+
+
+@_page
+def jobs_page(request: Request) -> Response:
+    return _render(request, "jobs.html", title="Job check", nav="jobs", formats=JOB_FORMATS)
+
+
+@_page
+def overrides_page(request: Request) -> Response:
+    models = dashboard_queries.overridden_models(context(request).registry.db())
+    return _render(request, "overrides.html", title="Overrides", nav="overrides", models=models)
+
+
+def to_dashboard(request: Request) -> RedirectResponse:
+    return RedirectResponse("/dashboard/models", status_code=302)
+
+
+class SecurityHeaders:
+    """Adds the Content-Security-Policy and related headers to every HTTP response (a plain ASGI wrapper, so the
+    API's hot paths pay only for a few header lines)."""
+
+    HEADERS: ClassVar[list[tuple[bytes, bytes]]] = [
+        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"same-origin"),
+        (b"x-frame-options", b"DENY"),
+    ]
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.HEADERS]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+ROUTES: list[BaseRoute] = [
+    Route("/", to_dashboard, methods=["GET"], include_in_schema=False),
+    Route("/dashboard", to_dashboard, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/models", models_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/models/{id:int}", model_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/nodes", nodes_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/jobs", jobs_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/overrides", overrides_page, methods=["GET"], include_in_schema=False),
+    Mount("/dashboard/static", StaticFiles(directory=HERE / "static"), name="static"),
+]

@@ -1,0 +1,104 @@
+"""Read-side queries only the dashboard needs: who holds a page of models, the models x nodes matrix, the overrides.
+
+Every query is bounded by a page: the registry may hold 50,000 models on 100 nodes.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlite_utils
+
+from modelsync.shared.records import LORA_TYPES, MODEL_TYPES
+
+from .errors import ApiError
+from .queries import Liveness, list_servers
+
+MATRIX_PAGE_SIZE = 50
+
+
+@dataclass
+class MatrixRow:
+    model_id: int
+    label: str
+    filename: str | None
+    held_by: set[str]
+
+
+@dataclass
+class Matrix:
+    type: str
+    incomplete_only: bool
+    nodes: list[dict[str, Any]]
+    rows: list[MatrixRow] = field(default_factory=list)
+    total: int = 0
+    page: int = 1
+    pages: int = 0
+
+
+def node_choices(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    cursor = db.conn.execute("SELECT id, display_name FROM servers ORDER BY id")
+    return [{"id": sid, "display_name": name} for sid, name in cursor]
+
+
+def holders(db: sqlite_utils.Database, model_ids: list[int]) -> dict[int, list[str]]:
+    """model id -> the nodes listing a copy of it, by node id."""
+    found: dict[int, list[str]] = {model_id: [] for model_id in model_ids}
+    if model_ids:
+        marks = ",".join("?" * len(model_ids))
+        for model_id, server_id in db.conn.execute(
+            f"SELECT DISTINCT model_id, server_id FROM model_server_availability WHERE model_id IN ({marks}) ORDER BY server_id",
+            model_ids,
+        ):
+            found[model_id].append(server_id)
+    return found
+
+
+def _types(model_type: str) -> list[str]:
+    if model_type not in MODEL_TYPES:
+        raise ApiError(400, f"type must be one of {', '.join(MODEL_TYPES)}", "type")
+    return sorted(LORA_TYPES) if model_type == "lora" else [model_type]
+
+
+def matrix(db: sqlite_utils.Database, liveness: Liveness, model_type: str, page: int, incomplete_only: bool) -> Matrix:
+    """One page of the models of a type (a LoRA page holds every LoRA variant) against every node."""
+    types = _types(model_type)
+    nodes = list_servers(db, liveness)
+    result = Matrix(model_type, incomplete_only, nodes, page=max(page, 1))
+    where = f"m.type IN ({','.join('?' * len(types))})"
+    args: list[Any] = list(types)
+    if incomplete_only:
+        where += " AND (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a WHERE a.model_id = m.id) < ?"
+        args.append(len(nodes))
+    result.total = db.conn.execute(f"SELECT COUNT(*) FROM models m WHERE {where}", args).fetchone()[0]
+    result.pages = (result.total + MATRIX_PAGE_SIZE - 1) // MATRIX_PAGE_SIZE
+    rows = db.conn.execute(
+        f"""SELECT m.id, COALESCE(m.name, m.filename, m.hash_autov2) AS label, m.filename FROM models m WHERE {where}
+            ORDER BY label COLLATE NOCASE, m.id LIMIT ? OFFSET ?""",
+        [*args, MATRIX_PAGE_SIZE, (result.page - 1) * MATRIX_PAGE_SIZE],
+    ).fetchall()
+    held = holders(db, [r[0] for r in rows])
+    result.rows = [MatrixRow(model_id, label, filename, set(held[model_id])) for model_id, label, filename in rows]
+    return result
+
+
+def overridden_models(db: sqlite_utils.Database, limit: int = 500) -> list[dict[str, Any]]:
+    """Models with an operator override or a rejected Civitai match, most recently changed first."""
+    cursor = db.conn.execute(
+        """SELECT m.id, m.name, m.filename, m.type, m.base, m.overrides, m.updated_at,
+                  (SELECT json_group_array(r.version_id) FROM civitai_rejections r WHERE r.sha256 = m.hash_sha256) AS rejected
+           FROM models m
+           WHERE (m.overrides IS NOT NULL AND m.overrides != '{}')
+              OR m.hash_sha256 IN (SELECT sha256 FROM civitai_rejections)
+           ORDER BY m.updated_at DESC, m.id LIMIT ?""",
+        [limit],
+    )
+    names = [d[0] for d in cursor.description]
+    models = []
+    for values in cursor:
+        row = dict(zip(names, values))
+        row["overrides"] = json.loads(row["overrides"]) if row["overrides"] else {}
+        row["rejected"] = json.loads(row["rejected"])
+        models.append(row)
+    return models

@@ -1,0 +1,63 @@
+// A model's page: the admin's overrides, rejecting a wrong Civitai match, removing a stale file (availability row).
+"use strict";
+
+document.addEventListener("DOMContentLoaded", () => {
+  const page = document.getElementById("model-page");
+  const modelId = page.dataset.modelId;
+
+  async function done(messageId, answer, success) {
+    if (!answer.ok) {
+      ModelSync.say(messageId, answer.error, "error");
+      return;
+    }
+    await ModelSync.refreshRegion("main");
+    bind();
+    ModelSync.say(messageId, success, "success");
+  }
+
+  async function saveOverrides(event) {
+    event.preventDefault();
+    const form = event.target;
+    const changes = {};
+    for (const name of ["name", "type", "base", "trained_words"]) {
+      const input = form.elements[name];
+      const value = input.value.trim();
+      if (value === input.dataset.current.trim()) continue;
+      if (name === "trained_words") {
+        const words = value.split("\n").map((w) => w.trim()).filter((w) => w);
+        changes[name] = words.length ? words : null;
+      } else {
+        changes[name] = value || null;
+      }
+    }
+    if (!Object.keys(changes).length) {
+      ModelSync.say("override-message", "Nothing changed.", "error");
+      return;
+    }
+    const answer = await ModelSync.api("PATCH", "/api/v1/models/" + modelId, changes, true);
+    await done("override-message", answer, "Overrides saved: " + Object.keys(changes).join(", "));
+  }
+
+  async function rejectMatch() {
+    const answer = await ModelSync.api("POST", "/api/v1/models/" + modelId + "/civitai/reject", undefined, true);
+    await done("civitai-message", answer,
+      answer.ok ? "Civitai version " + answer.data.rejected_version_id + " rejected; it will not be applied again." : "");
+  }
+
+  async function removeFile(event) {
+    const button = event.target;
+    const params = new URLSearchParams({ server_id: button.dataset.serverId, path: button.dataset.path });
+    const answer = await ModelSync.api("DELETE", "/api/v1/models/" + modelId + "/availability?" + params, undefined, true);
+    await done("files-message", answer, "Removed " + button.dataset.path + " on " + button.dataset.serverId + ".");
+  }
+
+  function bind() {
+    const form = document.getElementById("override-form");
+    if (form) form.addEventListener("submit", saveOverrides);
+    const reject = document.getElementById("reject-civitai");
+    if (reject) reject.addEventListener("click", rejectMatch);
+    document.querySelectorAll(".remove-file").forEach((b) => b.addEventListener("click", removeFile));
+  }
+
+  bind();
+});

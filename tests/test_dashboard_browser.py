@@ -1,0 +1,357 @@
+"""The dashboard clicked through in a real headless Chromium against the real server and a fleet of real nodes:
+models (filter, sort, page, open one), the server's own scan with and without hashes, nodes and the matrix, the job
+check, the admin token, overrides surviving a re-scan and a re-sync, a rejected Civitai match, a removed file, and
+escaping. Each page is also watched for JavaScript errors, CSP violations and dialogs (support_browser)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from support_browser import EVIL_NAME, browser, browser_page, dashboard_fleet, screenshot, sha256_of, sign_in  # noqa: F401
+from support_server import central_server, make_server  # noqa: F401  (fixtures)
+
+pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[test])")
+from playwright.sync_api import expect  # noqa: E402
+
+
+def api_total(fleet, **params) -> int:
+    return fleet.server.get("/api/v1/models", params=params).json()["total"]
+
+
+def count_text(total: int) -> re.Pattern:
+    return re.compile(rf"^{total:,} models?\b")
+
+
+def test_models_page_filters_sorts_and_opens_a_model(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    response = page.goto(fleet.url("/dashboard/models"))
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    total = api_total(fleet)
+    expect(page.locator("#model-count")).to_have_text(count_text(total))
+    expect(page.locator("#models-table tbody tr")).to_have_count(total)
+
+    zap = page.locator("#models-table tbody tr", has_text="Zap.safetensors")
+    expect(zap.locator(".badge.missing")).to_have_text("no online node")
+    expect(zap).to_have_class(re.compile("unavailable"))
+    ink = page.locator("#models-table tbody tr", has_text="Ink.safetensors")
+    expect(ink.locator(".badge.ok")).to_have_text("2 online")
+    expect(ink.locator(".nodes")).to_have_text("2 nodes: gpu-01, gpu-02")
+    screenshot(page, "models")
+
+    page.select_option("select[name=type]", "checkpoint")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#model-count")).to_have_text(count_text(api_total(fleet, type="checkpoint")))
+    assert set(page.locator("#models-table tbody td:nth-child(3)").all_inner_texts()) == {"checkpoint"}
+
+    page.goto(fleet.url("/dashboard/models"))
+    page.select_option("select[name=server]", "gpu-02")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#models-table tbody tr")).to_have_count(2)
+    page.fill("input[name=text]", "ink")
+    page.click("#filters button[type=submit]")
+    expect(page.locator("#models-table tbody tr")).to_have_count(1)
+    assert "server=gpu-02" in page.url and "text=ink" in page.url
+
+    # sort by size, descending: the order the API gives
+    page.goto(fleet.url("/dashboard/models"))
+    page.click("#models-table thead a:text('Size')")
+    page.click("#models-table thead a:text('Size')")
+    expected = [m["id"] for m in fleet.server.get("/api/v1/models", params={"sort": "size", "order": "desc"}).json()["models"]]
+    rows = page.locator("#models-table tbody tr")
+    assert [int(rows.nth(i).get_attribute("data-model-id")) for i in range(rows.count())] == expected
+
+    page.goto(fleet.url("/dashboard/models"))
+    page.click(f"#models-table tr[data-model-id='{fleet.model_id('hero')}'] td.name a")
+    expect(page.locator("h1")).to_contain_text("Vivid Impressions Storybook Style")
+    expect(page.locator("#hashes")).to_contain_text(sha256_of(fleet.files["hero"]))
+    expect(page.locator("#files tbody tr")).to_have_count(1)
+    expect(page.locator("#files")).to_contain_text(str(fleet.files["hero"]))
+    expect(page.locator("#civitai-link")).to_have_attribute("href", "https://civitai.com/models/1231067?modelVersionId=1387174")
+    expect(page.locator("#trained-words")).to_have_text("ppstorybook")
+    expect(page.locator("#aliases")).to_contain_text("hero_v1")
+    screenshot(page, "model")
+
+
+def test_paging_is_server_side(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    total = api_total(fleet)
+    page.goto(fleet.url("/dashboard/models?limit=2&type=lora"))
+    pages = (api_total(fleet, type="lora") + 1) // 2
+    seen: list[str] = []
+    for number in range(1, pages + 1):
+        expect(page.locator("#model-count")).to_contain_text(f"page {number} of {pages}")
+        rows = page.locator("#models-table tbody tr")
+        seen += [rows.nth(i).get_attribute("data-model-id") for i in range(rows.count())]
+        if number < pages:
+            page.click(".pager a[rel=next]")
+    expected = fleet.server.get("/api/v1/models", params={"type": "lora", "limit": 500}).json()["models"]
+    assert seen == [str(m["id"]) for m in expected]
+    assert "type=lora" in page.url and "limit=2" in page.url
+    assert total > len(seen)
+
+    response = page.goto(fleet.url("/dashboard/models?limit=0"))
+    assert response.status == 400
+    expect(page.locator("#page-error")).to_have_text("400: limit must be between 1 and 500")
+
+
+def _hold_scans(page):
+    """Keep POST /api/v1/models/scan requests waiting until released, to see the button while a scan runs."""
+    held = []
+    page.route("**/api/v1/models/scan", lambda route: held.append(route))
+    return held
+
+
+def test_scan_without_then_with_hashes(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    before = api_total(fleet)
+    page.goto(fleet.url("/dashboard/models"))
+    expect(page.locator("#model-count")).to_have_text(count_text(before))
+    held = _hold_scans(page)
+    button = page.locator("#scan-button")
+
+    button.click()
+    expect(button).to_be_disabled()
+    expect(button).to_have_text("Scanning...")
+    _release(page, held)
+    expect(page.locator("#scan-result")).to_contain_text("Scan complete! Found 3 model files")
+    expect(page.locator("#scan-result")).to_contain_text("Calculated: 0 hashes")
+    expect(page.locator("#scan-result")).to_contain_text("Not hashed: 3 files")
+    expect(button).to_be_enabled()
+    expect(button).to_have_text("Scan for New Models")
+    expect(page.locator("#model-count")).to_have_text(count_text(before))  # unhashed files are not models yet
+
+    page.check("#calculate-hashes")
+    button.click()
+    expect(button).to_be_disabled()
+    expect(button).to_have_text("Scanning + Calculating Hashes...")
+    _release(page, held)
+    expect(page.locator("#scan-result")).to_contain_text("Calculated: 3 hashes")
+    expect(page.locator("#model-count")).to_have_text(count_text(before + 3))
+    expect(page.locator("#models-table")).to_contain_text("own_lora_xl.safetensors")
+    expect(button).to_be_enabled()
+    assert api_total(fleet, server="central") == 3
+
+
+def _release(page, held) -> None:
+    """Let the held scan request go on, once it has reached the route (its handler runs while Playwright is called)."""
+    for _ in range(400):
+        if held:
+            held.pop().continue_()
+            return
+        page.wait_for_timeout(25)
+    raise AssertionError("the scan request never reached the route")
+
+
+def test_scan_errors_are_shown(browser_page, central_server):
+    page = browser_page
+    page.goto(central_server.url("/dashboard/models"))
+    page.click("#scan-button")
+    expect(page.locator("#scan-result")).to_contain_text("Scan failed: MODEL_PATH is not set")
+    expect(page.locator("#scan-result")).to_have_class(re.compile("error"))
+    expect(page.locator("#scan-button")).to_be_enabled()
+
+
+def test_admin_token_is_asked_once_per_browser_session(browser, browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    page.goto(fleet.url(f"/dashboard/models/{fleet.model_id('ink')}"))
+    expect(page.locator("#override-panel")).to_be_hidden()
+    page.fill("#admin-token", "not-the-token")
+    page.click("#admin-form button[type=submit]")
+    expect(page.locator("#admin-message")).to_have_text("the token is not the admin token")
+    expect(page.locator("#override-panel")).to_be_hidden()
+
+    sign_in(page, fleet.server.admin_token)
+    expect(page.locator("#override-panel")).to_be_visible()
+    expect(page.locator(".remove-file").first).to_be_visible()
+    page.goto(fleet.url("/dashboard/nodes"))
+    page.goto(fleet.url(f"/dashboard/models/{fleet.model_id('ink')}"))
+    expect(page.locator("#override-panel")).to_be_visible()  # kept in this browser session
+    assert page.evaluate("sessionStorage.getItem('modelsync.adminToken')") == fleet.server.admin_token
+
+    other = browser.new_context().new_page()  # another session has to enter it again
+    other.goto(fleet.url(f"/dashboard/models/{fleet.model_id('ink')}"))
+    expect(other.locator("#override-panel")).to_be_hidden()
+    other.context.close()
+
+    page.click("#admin-forget")
+    expect(page.locator("#override-panel")).to_be_hidden()
+    assert page.evaluate("sessionStorage.getItem('modelsync.adminToken')") is None
+
+
+def test_an_override_survives_a_rescan_and_a_resync(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    fleet.server.post("/api/v1/models/scan", json={"calculate_hashes": True})
+    own = fleet.model_id("own_lora_xl")
+    page.goto(fleet.url(f"/dashboard/models/{own}"))
+    sign_in(page, fleet.server.admin_token)
+    page.fill("#override-form input[name=name]", "Operator's <i>name</i>")
+    page.select_option("#override-form select[name=type]", "locon")
+    page.select_option("#override-form select[name=base]", "sd2")
+    page.fill("#override-form textarea[name=trained_words]", "first word\nsecond, with comma")
+    page.click("#override-form button[type=submit]")
+    expect(page.locator("#override-message")).to_have_text("Overrides saved: name, type, base, trained_words")
+    expect(page.locator("h1")).to_have_text("Operator's <i>name</i> override")
+    expect(page.locator("#trained-words li")).to_have_text(["first word", "second, with comma"])
+    expect(page.locator("#metadata tr", has_text="base")).to_contain_text("override")
+    screenshot(page, "override")
+
+    # a re-scan with hashes from the Models page
+    page.goto(fleet.url("/dashboard/models?server=central"))
+    page.check("#calculate-hashes")
+    page.click("#scan-button")
+    expect(page.locator("#scan-result")).to_contain_text("Scan complete! Found 3 model files")
+    row = page.locator(f"#models-table tr[data-model-id='{own}']")
+    expect(row.locator("td.name a")).to_have_text("Operator's <i>name</i>")
+    expect(row.locator("td:nth-child(3)")).to_have_text("locon override")
+    expect(row.locator("td:nth-child(4)")).to_have_text("sd2 override")
+    expect(row.locator("td:nth-child(7)")).to_have_text("manual")
+
+    # a node's model, then that node syncs again with a changed file beside it
+    hero = fleet.model_id("hero")
+    page.goto(fleet.url(f"/dashboard/models/{hero}"))
+    page.fill("#override-form input[name=name]", "Hero, corrected")
+    page.click("#override-form button[type=submit]")
+    expect(page.locator("#override-message")).to_contain_text("Overrides saved: name")
+    gpu1 = fleet.nodes["gpu-01"]
+    gpu1.copy(fleet.files["hero"], "Lora", "copies/Hero-2.safetensors")
+    assert gpu1.push()["added"] == 1
+    page.reload()
+    expect(page.locator("h1")).to_have_text("Hero, corrected override")
+    expect(page.locator("#files tbody tr")).to_have_count(2)
+
+    page.goto(fleet.url("/dashboard/overrides"))
+    expect(page.locator(f"#overrides tr[data-model-id='{own}']")).to_contain_text("second, with comma")
+    expect(page.locator(f"#overrides tr[data-model-id='{hero}']")).to_contain_text("Hero, corrected")
+    screenshot(page, "overrides")
+
+    # clearing an override: the field is filled again by the next sync
+    page.goto(fleet.url(f"/dashboard/models/{hero}"))
+    page.fill("#override-form input[name=name]", "")
+    page.click("#override-form button[type=submit]")
+    expect(page.locator("#override-message")).to_have_text("Overrides saved: name")
+    gpu1.push()
+    page.reload()
+    expect(page.locator("h1")).to_have_text("Vivid Impressions Storybook Style")
+
+
+def test_rejecting_a_civitai_match(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    hero = fleet.model_id("hero")
+    page.goto(fleet.url(f"/dashboard/models/{hero}"))
+    expect(page.locator("#civitai-link")).to_be_visible()
+    expect(page.locator("#reject-civitai")).to_be_hidden()  # admin only
+    sign_in(page, fleet.server.admin_token)
+    page.click("#reject-civitai")
+    expect(page.locator("#civitai-message")).to_have_text("Civitai version 1387174 rejected; it will not be applied again.")
+    expect(page.locator("#civitai-link")).to_have_count(0)
+    expect(page.locator("#rejected-matches")).to_contain_text("version 1387174")
+    expect(page.locator("h1")).to_have_text("Hero.safetensors")  # the name came from the match
+    expect(page.locator(".status-line")).to_contain_text("lora · sdxl")  # type and base from the content again
+
+    fleet.nodes["gpu-01"].push()  # the node still has the Civitai sidecar: it is not applied again
+    page.reload()
+    expect(page.locator("h1")).to_have_text("Hero.safetensors")  # the sidecar's name is not taken again either
+    expect(page.locator("#civitai-link")).to_have_count(0)
+    expect(page.locator("#civitai")).to_contain_text("No Civitai match.")
+    page.goto(fleet.url("/dashboard/overrides"))
+    expect(page.locator(f"#overrides tr[data-model-id='{hero}'] td:nth-child(5)")).to_have_text("1387174")
+
+
+def test_removing_a_stale_file(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    ink = fleet.model_id("ink")
+    page.goto(fleet.url(f"/dashboard/models/{ink}"))
+    sign_in(page, fleet.server.admin_token)
+    expect(page.locator("#files tbody tr")).to_have_count(2)
+    page.click("#files tr[data-server-id='gpu-02'] .remove-file")
+    expect(page.locator("#files-message")).to_have_text("Removed C:\\sd\\models\\Lora\\Ink.safetensors on gpu-02.")
+    expect(page.locator("#files tbody tr")).to_have_count(1)
+    expect(page.locator("#aliases")).not_to_contain_text("gpu-02")
+    servers = fleet.server.get(f"/api/v1/models/{ink}/availability").json()["servers"]
+    assert [s["server_id"] for s in servers] == ["gpu-01"]
+
+
+def test_nodes_page_and_matrix(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    page.goto(fleet.url("/dashboard/nodes"))
+    api_nodes = {n["id"]: n for n in fleet.server.get("/api/v1/servers").json()["servers"]}
+    rows = page.locator("#nodes tbody tr")
+    expect(rows).to_have_count(len(api_nodes))
+    for server_id, node in api_nodes.items():
+        row = page.locator(f"#nodes tr[data-server-id='{server_id}']")
+        expect(row.locator("td:nth-child(2)")).to_have_text("online" if node["online"] else "offline")
+        expect(row.locator("td:nth-child(5)")).to_have_text(str(node["model_count"]))
+        expect(row.locator("td:nth-child(8)")).to_have_text(node["api_url"] or "")
+        expect(row.locator("td:nth-child(3)")).to_have_text(node["last_sync"] or "never")
+    assert api_nodes["gpu-03"]["online"] is False
+
+    page.select_option("#matrix-form select[name=type]", "lora")
+    page.click("#matrix-form button[type=submit]")
+    loras = fleet.server.get("/api/v1/models", params={"type": "lora"}).json()["models"]
+    expect(page.locator("#matrix tbody tr")).to_have_count(len(loras))
+    columns = page.locator("#matrix thead th.node").all_inner_texts()
+    assert columns == sorted(api_nodes)
+    ink = page.locator(f"#matrix tr[data-model-id='{fleet.model_id('ink')}']")
+    cells = ink.locator("td")
+    assert [cells.nth(i).get_attribute("class") for i in range(cells.count())] == [
+        "has" if node in ("gpu-01", "gpu-02") else "lacks" for node in columns]
+    expect(page.locator("#matrix th.node.offline")).to_have_text("gpu-03")
+    screenshot(page, "nodes")
+
+    page.check("#matrix-form input[name=incomplete]")
+    page.click("#matrix-form button[type=submit]")
+    expect(page.locator("#matrix tbody tr")).to_have_count(len(loras))  # no LoRA is on every node
+    page.select_option("#matrix-form select[name=type]", "checkpoint")
+    page.click("#matrix-form button[type=submit]")
+    expect(page.locator("#matrix-count")).to_have_text("1 checkpoint model")  # base_xl lacks on gpu-03 only
+
+
+def test_job_check(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    page.goto(fleet.url("/dashboard/jobs"))
+    job = {"prompt": "a storybook castle <lora:Hero:0.8> <lora:Zap:1>", "negative_prompt": "blurry",
+           "override_settings": {"sd_model_checkpoint": "base_xl.safetensors"}}
+    page.fill("#job-text", json.dumps(job, indent=2))
+    page.click("#job-check")
+    expect(page.locator("#job-verdict")).to_contain_text("cannot run")
+    expected = fleet.server.post("/api/v1/jobs/availability", json={"job": job}).json()["model_availability"]
+    requirements = page.locator("#job-requirements tbody tr")
+    expect(requirements).to_have_count(len(expected["requirements"]))
+    expect(page.locator("#job-verdict")).to_contain_text(expected["reason"])
+    zap = page.locator("#job-requirements tbody tr", has_text="Zap")
+    expect(zap.locator("td:nth-child(5)")).to_have_text("gpu-03")
+    gpu2 = page.locator("#job-nodes tr[data-server-id='gpu-02']")
+    expect(gpu2.locator("td:nth-child(3)")).to_have_text("no")
+    expect(gpu2.locator("td:nth-child(4) li")).to_have_count(2)  # Hero and Zap
+    expect(gpu2.locator("td:nth-child(4) li").first).to_have_text("lora <lora:Hero:0.8>: not on this node")
+    screenshot(page, "job-check")
+
+    page.fill("#job-text", "a castle <lora:Hero:0.7>\nSteps: 20, Sampler: Euler a, Model: base_xl")
+    page.select_option("#job-format", "infotext")
+    page.click("#job-check")
+    expect(page.locator("#job-verdict")).to_contain_text("can run")
+    expect(page.locator("#job-nodes tr[data-server-id='gpu-01'] td:nth-child(3)")).to_have_text("yes")
+
+    page.fill("#job-text", json.dumps({"prompt": "<lora:evil:1>"}))
+    page.select_option("#job-format", "a1111")
+    page.click("#job-check")
+    expect(page.locator("#job-requirements tbody tr")).to_have_count(1)
+    expect(page.locator("#job-requirements tbody td:nth-child(4)")).to_have_text(EVIL_NAME)
+
+    page.fill("#job-text", "{not json")
+    page.click("#job-check")
+    expect(page.locator("#job-message")).to_contain_text("the job is not valid JSON")
+    page.fill("#job-text", json.dumps({"override_settings": {"sd_model_checkpoint": 7}}))
+    page.click("#job-check")
+    expect(page.locator("#job-message")).to_contain_text("sd_model_checkpoint")
+
+
+def test_user_text_is_escaped(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    evil = fleet.model_id("evil")
+    for path in ("/dashboard/models", f"/dashboard/models/{evil}", "/dashboard/nodes?type=lora"):
+        page.goto(fleet.url(path))
+        expect(page.locator("main")).to_contain_text(EVIL_NAME)
+        assert page.locator("main script, main b").count() == 0
+    assert page.locator("script").count() == 1  # common.js only on the nodes page
