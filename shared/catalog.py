@@ -174,12 +174,20 @@ def _v4_rejected_matches(db: sqlite_utils.Database) -> None:
     db["civitai_rejections"].create({"sha256": str, "version_id": int, "rejected_at": str}, pk=("sha256", "version_id"))
 
 
+def _v5_copies_by_model(db: sqlite_utils.Database) -> None:
+    """A model's files on every node, read from the index alone: a job check reads a few index pages instead of a
+    table page per node holding the model. Replaces the (model_id, server_id) index, its prefix."""
+    db["model_server_availability"].create_index(["model_id", "server_id", "path", "rel_name", "role", "content_type"])
+    db.conn.execute("DROP INDEX idx_model_server_availability_model_id_server_id")
+
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial,
     _v2_central_registry,
     _v3_job_checks,
     _v4_rejected_matches,
+    _v5_copies_by_model,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
