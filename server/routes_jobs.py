@@ -47,16 +47,21 @@ def _nodes(ctx: ServerContext) -> dict[str, NodeInfo]:
     return load_nodes(ctx.registry.db(), lambda sid, sync, beat: ctx.liveness.is_online(sid, sync, beat, cutoff))
 
 
-async def _read_job(request: Request, ctx: ServerContext) -> ParsedJob:
+async def _read_job(request: Request, ctx: ServerContext) -> tuple[ParsedJob, bool]:
+    """The job, and whether its unmet references count for the most-wanted list (`"record": false` for a look only)."""
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
     if "job" not in body:
         raise ApiError(400, 'the body needs "job": an A1111/Forge API body, an infotext, a StableQueue job or a list of '
                             'requirements', "job")
+    record = body.get("record", True)
+    if not isinstance(record, bool):
+        raise ApiError(400, "record must be true or false", "record")
     fmt = body.get("format", "auto")
     try:
-        return extract(body["job"], fmt if isinstance(fmt, str) else "", known_embeddings(ctx.registry.db()))
+        parsed = extract(body["job"], fmt if isinstance(fmt, str) else "", known_embeddings(ctx.registry.db()))
     except JobFormatError as exc:
         raise ApiError(400, exc.message, exc.field) from None
+    return parsed, record
 
 
 def _after(ctx: ServerContext, write: Callable[..., int], *args: Any) -> BackgroundTask:
@@ -80,19 +85,21 @@ async def jobs_availability(request: Request) -> JSONResponse:
     ---
     summary: Resolve every model a job names and tell which online nodes have all of them
     description: >
-      Body {"job": ..., "format": "auto" | "a1111" | "infotext" | "stablequeue" | "requirements"}. References that
-      no node has are counted for GET /api/v1/models/wanted. Examples in docs/job-queue.md.
+      Body {"job": ..., "format": "auto" | "a1111" | "infotext" | "stablequeue" | "requirements", "record": true}.
+      References that no node has are counted for GET /api/v1/models/wanted, unless "record" is false (a look
+      only, as the dashboard's job check). Examples in docs/job-queue.md.
     responses:
       200: {description: "{format, model_availability: {available, reason, requirements, servers, candidates}}"}
       400: {description: "the job cannot be read; `field` names the part (e.g. job.override_settings.sd_model_checkpoint)"}
     """
     ctx = context(request)
-    parsed = await _read_job(request, ctx)
+    parsed, record = await _read_job(request, ctx)
     db = ctx.registry.db()
     resolutions = resolve(db, parsed.requirements)
     mark_pending(db, resolutions)
     answer = availability(resolutions, _nodes(ctx))
-    return JSONResponse({"format": parsed.format, "model_availability": answer}, background=_wanted_task(ctx, resolutions))
+    background = _wanted_task(ctx, resolutions) if record else None
+    return JSONResponse({"format": parsed.format, "model_availability": answer}, background=background)
 
 
 async def dispatch_check(request: Request) -> JSONResponse:
@@ -103,7 +110,7 @@ async def dispatch_check(request: Request) -> JSONResponse:
       Body as for /api/v1/jobs/availability. When not ok, `action` tells the queue what to do: retry_later (the node
       is offline, or a model is on its way: a node lists a file of that name it has not hashed yet), route_elsewhere
       (`nodes` can run it) or fail (a reference is unknown, ambiguous or contradictory, or no node has the model).
-      An approved dispatch records last_used for its models.
+      An approved dispatch records last_used for its models (unless "record" is false).
     responses:
       200: {description: "{server_id, online, ok, action, reason, missing, requirements, payload, override_settings, nodes}"}
       400: {description: "the job cannot be read; `field` names the part"}
@@ -113,7 +120,7 @@ async def dispatch_check(request: Request) -> JSONResponse:
     server_id = request.path_params["server_id"]
     if not valid_server_id(server_id):
         raise ApiError(400, "server_id must be 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)", "server_id")
-    parsed = await _read_job(request, ctx)
+    parsed, record = await _read_job(request, ctx)
     db = ctx.registry.db()
     resolutions = resolve(db, parsed.requirements)
     mark_pending(db, resolutions, server_id)
@@ -121,7 +128,12 @@ async def dispatch_check(request: Request) -> JSONResponse:
         answer = dispatch(parsed, resolutions, _nodes(ctx), server_id)
     except UnknownNode:
         raise ApiError(404, f"no node {server_id!r} is registered", "server_id") from None
-    background = _after(ctx, record_last_used, resolutions) if answer["ok"] else _wanted_task(ctx, resolutions)
+    if not record:
+        background = None
+    elif answer["ok"]:
+        background = _after(ctx, record_last_used, resolutions)
+    else:
+        background = _wanted_task(ctx, resolutions)
     return JSONResponse(answer, background=background)
 
 

@@ -339,6 +339,11 @@ def test_job_check(browser_page, dashboard_fleet):
     expect(page.locator("#job-requirements tbody tr")).to_have_count(1)
     expect(page.locator("#job-requirements tbody td:nth-child(4)")).to_have_text(EVIL_NAME)
 
+    page.fill("#job-text", json.dumps({"prompt": "<lora:nowhere_to_be_found:1>"}))
+    page.click("#job-check")
+    expect(page.locator("#job-verdict")).to_contain_text("cannot run")
+    assert fleet.server.get("/api/v1/models/wanted").json()["wanted"] == []  # a look from the dashboard is not a job
+
     page.fill("#job-text", "{not json")
     page.click("#job-check")
     expect(page.locator("#job-message")).to_contain_text("the job is not valid JSON")

@@ -166,6 +166,8 @@ def test_ambiguous_names_list_their_candidates_and_a_hash_decides(fleet):
 def test_unknown_hash_fails_and_is_wanted(fleet):
     unknown = "5a" * 32
     items = [{"type": "lora", "sha256": unknown}, {"type": "checkpoint", "name": "sdxl/juggernautXL_v9.safetensors"}]
+    look = fleet.server.post("/api/v1/jobs/availability", json={"job": items, "record": False}).json()  # not counted
+    assert look["model_availability"]["available"] is False
     answer = fleet.availability(items, "requirements")
     assert answer["available"] is False and "no model with" in answer["reason"]
     assert [r["status"] for r in answer["requirements"]] == ["unknown", "resolved"]
@@ -196,6 +198,7 @@ def test_unknown_hash_fails_and_is_wanted(fleet):
     ({"job": "a cat\nSteps: 20, Sampler: Euler, Seed: 1, Lora hashes: \"broken\""}, "job:Lora hashes"),
     ({"job": {"prompt": "x"}, "format": "comfy"}, "format"),
     ({"format": "a1111"}, "job"),
+    ({"job": {"prompt": "x"}, "record": "no"}, "record"),
     ([], "body"),
 ])
 def test_malformed_jobs_get_a_400_naming_the_field(fleet, body, field):

@@ -84,7 +84,7 @@ document.addEventListener("DOMContentLoaded", () => {
     const button = document.getElementById("job-check");
     button.disabled = true;
     try {
-      const answer = await ModelSync.api("POST", "/api/v1/jobs/availability", { job, format });
+      const answer = await ModelSync.api("POST", "/api/v1/jobs/availability", { job, format, record: false });
       if (answer.ok) show(answer.data);
       else {
         document.getElementById("job-result").hidden = true;
