@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelsync.shared.job_requirements import FORMATS as JOB_FORMATS
 from modelsync.shared.records import BASES, METADATA_FIELDS, MODEL_TYPES
 
 from . import dashboard_queries, queries
@@ -31,7 +32,6 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 PAGE_SIZES = (25, 50, 100, 200)
-JOB_FORMATS = ("auto", "a1111", "infotext", "stablequeue", "requirements")
 CIVITAI_SITE = "https://civitai.com"
 
 
