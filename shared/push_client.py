@@ -118,11 +118,11 @@ class ServerClient:
             headers["Authorization"] = f"Bearer {self.credentials.token}"
         return headers
 
-    def _post(self, path: str, body: bytes, extra_headers: dict[str, str]) -> dict[str, Any]:
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The server's JSON answer; PushError (with the status and the field the server named) otherwise."""
+        headers = {**self._headers(), **kwargs.pop("headers", {})}
         try:
-            response = self.session.post(
-                self._url(path), data=body, headers={**self._headers(), **extra_headers}, timeout=self.timeout
-            )
+            response = self.session.request(method, self._url(path), headers=headers, timeout=self.timeout, **kwargs)
         except requests.RequestException as exc:
             raise PushError(f"cannot reach {self.base_url}: {exc}") from None
         try:
@@ -135,6 +135,10 @@ class ServerClient:
             raise PushError(f"HTTP {response.status_code}: {message}", response.status_code, field)
         if not isinstance(answer, dict):
             raise PushError("the server's answer is not a JSON object", response.status_code)
+        return answer
+
+    def _post(self, path: str, body: bytes, extra_headers: dict[str, str]) -> dict[str, Any]:
+        answer = self._request("POST", path, data=body, headers=extra_headers)
         if answer.get("token"):
             self.credentials.remember(answer["token"])
         return answer
@@ -156,19 +160,6 @@ class ServerClient:
             f"api/v1/servers/{self.credentials.server_id}/heartbeat", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
 
-    def _get_json(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self.session.get(self._url(path), params=params, headers=self._headers(), timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise PushError(f"cannot reach {self.base_url}: {exc}") from None
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if response.status_code != 200 or not isinstance(answer, dict):
-            raise PushError(f"HTTP {response.status_code} from {path}", response.status_code)
-        return answer
-
     def node_counts(self, server_id: str | None = None, page_size: int = 500) -> dict[str, int]:
         """SHA256 -> how many fleet nodes hold the model, for every model `server_id` holds (every model when
         None); read page by page from GET /api/v1/models."""
@@ -178,7 +169,7 @@ class ServerClient:
         counts: dict[str, int] = {}
         page, pages = 1, 1
         while page <= pages:
-            answer = self._get_json("api/v1/models", {**params, "page": page})
+            answer = self._request("GET", "api/v1/models", params={**params, "page": page})
             counts.update({m["sha256"]: int(m.get("node_count") or 0) for m in answer.get("models", []) if m.get("sha256")})
             pages = int(answer.get("pages") or 0)
             page += 1

@@ -185,3 +185,23 @@ def central_server(tmp_path_factory) -> Iterator[RunningServer]:
     """The server with defaults for tests (Civitai worker off); needs no other fixture imported."""
     with run_server(tmp_path_factory.mktemp("server-data")) as server:
         yield server
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> Any:
+    """condition()'s first truthy value, asked every 50 ms (for what the server does after answering)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def push_files(server: RunningServer, server_id: str, files: list[dict], token: str | None = None) -> dict:
+    """A node's sync with these inventory entries, as JSON; the answer (asserted 200)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    r = server.post(f"/api/v1/servers/{server_id}/models/sync", json={"format": 1, "server_id": server_id, "files": files},
+                    headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()

@@ -2,29 +2,18 @@
 JPEG in the models list and on its page, loaded by the real browser; a model without one shows none."""
 from __future__ import annotations
 
-import time
 
 import model_factory
 import pytest
 from support_browser import browser, browser_page, sha256_of  # noqa: F401  (fixtures)
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
 from support_jobs import JobNode
-from support_server import make_server  # noqa: F401  (fixture)
+from support_server import make_server, wait_for  # noqa: F401  (fixture)
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[test])")
 from playwright.sync_api import expect  # noqa: E402
 
 FOUND = "civitai_model_version_1387174_lora_flux_lora-manager.json"
-
-
-def wait_for(condition, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_stored_preview_is_shown_in_the_list_and_on_the_models_page(browser_page, make_server, civitai_stub, tmp_path):

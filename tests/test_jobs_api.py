@@ -1,12 +1,11 @@
 """The job checks over HTTP: the real server (uvicorn), nodes that push inventories from real scans of real files
 (one Linux node with sub-folders, one Windows node, one that went silent), and real job bodies."""
 import json
-import time
 
 import model_factory
 import pytest
 from support_jobs import INFOTEXT_1_9_4, JobNode, addnet_of, set_last_contact, sha256_of
-from support_server import make_server  # noqa: F401  (fixture)
+from support_server import make_server, wait_for  # noqa: F401  (fixture)
 
 from modelsync.shared.catalog import open_catalog
 
@@ -58,16 +57,6 @@ def fleet(make_server, tmp_path):  # noqa: F811
     return ApiFleet(make_server(), tmp_path)
 
 
-def eventually(check, timeout: float = 10.0):
-    """The answer is sent before its bookkeeping is written (a background task): wait for it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
-
-
 def txt2img(fleet: ApiFleet, lora_line: str = "<lora:hero_v1:0.8> <lora:ink:0.4>") -> dict:
     autov2 = sha256_of(fleet.checkpoint)[:10]
     return {
@@ -105,7 +94,7 @@ def test_all_present_on_every_node_and_the_payload_in_each_nodes_names(fleet):
     # the approved dispatch recorded last_used for every model of the job
     ids = [fleet.model_id(p) for p in (fleet.checkpoint, fleet.hero, fleet.ink, fleet.vae, fleet.embedding)]
     used = lambda: all(fleet.server.get(f"/api/v1/models/{i}/info").json()["last_used"] for i in ids)  # noqa: E731
-    assert eventually(used)
+    wait_for(used)
     assert fleet.server.get(f"/api/v1/models/{fleet.model_id(fleet.detail)}/info").json()["last_used"] is None
 
 
@@ -182,8 +171,7 @@ def test_unknown_hash_fails_and_is_wanted(fleet):
         rows = fleet.server.get("/api/v1/models/wanted").json()["wanted"]
         return rows if len(rows) == 2 and rows[0]["requests"] == 2 else None
 
-    rows = eventually(wanted)
-    assert rows is not None, fleet.server.get("/api/v1/models/wanted").json()
+    rows = wait_for(wanted)
     assert [(r["kind"], r["reference_key"], r["requests"]) for r in rows] == [
         ("lora", f"sha256:{unknown}", 2), ("checkpoint", "any:abc123def456", 1)]
     assert fleet.server.get("/api/v1/models/wanted", params={"kind": "checkpoint"}).json()["wanted"][0]["reference"] == \
@@ -277,10 +265,18 @@ def test_checkpoint_verify_by_civitai_version_and_by_hash(fleet):
     assert answer["model_info"]["hash_sha256"] == sha256_of(lora) and answer["model_info"]["civitai_version_id"] == version["id"]
     assert [(s["server_id"], s["local_name"]) for s in answer["servers"]] == [("gpu-linux", "detailer")]
 
-    autov2 = sha256_of(fleet.checkpoint)[:10].upper()
-    answer = fleet.server.post("/api/v1/checkpoint-verify", json={"civitai_version_id": autov2}).json()  # the seed's usage
+    # the seed's usage: a hash in civitai_version_id (a value of digits only is a version id there)
+    checkpoint, n = fleet.checkpoint, 0
+    while sha256_of(checkpoint)[:10].isdigit():
+        n += 1
+        checkpoint = fleet.linux.add("Stable-diffusion", f"extra_{n}.safetensors", model_factory.write_checkpoint, base="sdxl")
+    fleet.linux.push()
+    autov2 = sha256_of(checkpoint)[:10].upper()
+    answer = fleet.server.post("/api/v1/checkpoint-verify", json={"civitai_version_id": autov2}).json()
     assert (answer["available"], answer["interpreted_as"], answer["match_type"]) == (True, "hash", "autov2")
     assert answer["model_info"]["hash_autov2"] == autov2.lower()
+    digits = fleet.server.post("/api/v1/checkpoint-verify", json={"civitai_version_id": "9999999999"}).json()
+    assert (digits["interpreted_as"], digits["status"], digits["available"]) == ("civitai_version_id", "unknown", False)
     pony = fleet.server.post("/api/v1/checkpoint-verify", json={"hash": sha256_of(fleet.pony)}).json()
     assert (pony["available"], pony["match_type"]) == (False, "sha256") and "offline" in pony["reason"]
     unknown = fleet.server.post("/api/v1/checkpoint-verify", json={"hash": "0123456789"}).json()

@@ -7,7 +7,7 @@ import time
 import pytest
 from PIL import Image
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_server import make_server  # noqa: F401  (fixture)
+from support_server import make_server, wait_for  # noqa: F401  (fixture)
 
 from modelsync.shared.inventory import Inventory, InventoryFile
 from modelsync.shared.push_client import NodeCredentials, ServerClient
@@ -18,16 +18,6 @@ OTHER = "civitai_model_version_1255556_lora_flux_lora-manager.json"
 
 def sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def wait_for(condition, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import sqlite3
 
 import model_factory
 import pytest
-from support_server import central_server, make_server, run_server  # noqa: F401  (fixtures)
+from support_server import central_server, make_server, push_files, run_server  # noqa: F401  (fixtures)
 
 from modelsync.shared.catalog import MIGRATIONS, SCHEMA_VERSION, open_catalog, write_transaction
 
@@ -26,25 +26,17 @@ def lora(content: str, rel: str, base: str = "sdxl", **extra) -> dict:
     return model_file(content, f"/models/Lora/{rel}", rel, "lora", base, **extra)
 
 
-def push(server, server_id: str, files: list[dict], token: str | None = None) -> dict:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    r = server.post(f"/api/v1/servers/{server_id}/models/sync", json={"format": 1, "server_id": server_id, "files": files},
-                    headers=headers)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 @pytest.fixture
 def fleet(central_server):
     """Two nodes: n1 with three LoRAs and a checkpoint, n2 (Windows paths) with one of the LoRAs."""
     tokens = {}
-    tokens["n1"] = push(central_server, "n1", [
+    tokens["n1"] = push_files(central_server, "n1", [
         lora("hero", "Hero.safetensors", metadata={"name": "Hero"}, field_sources={"name": "a1111"}),
         lora("ink", "styles/Ink.safetensors", base="sd1"),
         lora("zap", "Zap.safetensors"),
         model_file("base", "/models/Stable-diffusion/base.safetensors", "base.safetensors", "checkpoint", "sdxl"),
     ])["token"]
-    tokens["n2"] = push(central_server, "n2", [
+    tokens["n2"] = push_files(central_server, "n2", [
         {**lora("ink", "Sub\\Ink.safetensors", base="sd1"), "path": "C:\\sd\\models\\Lora\\Sub\\Ink.safetensors"}])["token"]
     ids = {m["sha256"]: m["id"] for m in central_server.get("/api/v1/models").json()["models"]}
     return central_server, tokens, ids
@@ -189,7 +181,7 @@ def test_scan_and_hash_need_model_path(central_server, fleet):
 
 def test_a_nodes_file_is_never_hashed_by_the_server(make_server, model_path):
     server = make_server(model_paths=[model_path])
-    push(server, "n1", [{"path": str(model_path / "Lora" / "a.safetensors"), "rel_name": "a.safetensors", "size": 1}])
+    push_files(server, "n1", [{"path": str(model_path / "Lora" / "a.safetensors"), "rel_name": "a.safetensors", "size": 1}])
     file_id = server.get("/api/v1/servers/n1/files").json()["files"][0]["id"]
     r = server.post(f"/api/v1/files/{file_id}/calculate-hash")
     assert r.status_code == 409 and "n1" in r.json()["error"]
@@ -204,7 +196,7 @@ def test_reset_database_backs_up_then_empties(fleet):
     backup.close()
     assert server.get("/api/v1/models").json()["total"] == 0
     # nodes keep their identity and token: the next sync refills the registry
-    assert push(server, "n2", [lora("ink", "Ink.safetensors")], tokens["n2"])["added"] == 1
+    assert push_files(server, "n2", [lora("ink", "Ink.safetensors")], tokens["n2"])["added"] == 1
 
 
 def test_migrations_run_at_start_after_a_backup(tmp_path):
@@ -242,7 +234,7 @@ def test_preview_404_when_none_is_stored(fleet):
 
 def test_type_lora_includes_the_lycoris_variants(fleet):
     server, _, _ = fleet
-    push(server, "n3", [{**lora("cond", "Cond.safetensors"), "type": "locon", "metadata": {"type": "locon"}}])
+    push_files(server, "n3", [{**lora("cond", "Cond.safetensors"), "type": "locon", "metadata": {"type": "locon"}}])
     lora_names = names(server.get("/api/v1/models", params={"type": "lora"}).json())
     assert "Cond.safetensors" in lora_names and "Hero.safetensors" in lora_names
     assert names(server.get("/api/v1/models", params={"type": "locon"}).json()) == ["Cond.safetensors"]

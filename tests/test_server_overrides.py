@@ -8,8 +8,8 @@ import hashlib
 import model_factory
 import pytest
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_server import central_server, make_server  # noqa: F401  (fixtures)
-from test_server_civitai import FOUND, lookup, wait_for
+from support_server import central_server, make_server, push_files, wait_for  # noqa: F401  (fixtures)
+from test_server_civitai import FOUND, lookup
 
 from modelsync.shared.catalog import SCHEMA_VERSION
 
@@ -23,14 +23,6 @@ def lora(content: str, rel: str, metadata: dict | None = None, sources: dict | N
     return {"path": f"/models/Lora/{rel}", "rel_name": rel, "role": "lora", "size": 100, "sha256": sha(content),
             "type": "lora", "base": "sdxl", "metadata": metadata,
             "field_sources": {"type": "embedded", "base": "embedded", **(sources or {})}}
-
-
-def push(server, server_id: str, files: list[dict], token: str | None = None) -> dict:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    r = server.post(f"/api/v1/servers/{server_id}/models/sync", json={"format": 1, "server_id": server_id, "files": files},
-                    headers=headers)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def patch(server, model_id: int, body, headers=None):
@@ -47,7 +39,7 @@ def one_model(central_server):
     """Node n1 with one LoRA named by its A1111 JSON."""
     files = [lora("hero", "Hero.safetensors", {"name": "Hero", "trained_words": ["hero pose"]},
                   {"name": "a1111", "trained_words": "a1111"})]
-    token = push(central_server, "n1", files)["token"]
+    token = push_files(central_server, "n1", files)["token"]
     model_id = central_server.get("/api/v1/models").json()["models"][0]["id"]
     return central_server, model_id, files, token
 
@@ -98,7 +90,7 @@ def test_an_override_wins_over_every_later_sync_and_clearing_it_lets_the_sync_fi
     # the node changes the file's metadata and syncs (a new copy too): the overrides stay
     changed = [lora("hero", "Hero.safetensors", {"name": "Node says", "description": "new"}, {"name": "a1111", "description": "a1111"}),
                {**lora("hero", "copy/Hero.safetensors"), "path": "/models/Lora/copy/Hero.safetensors"}]
-    assert push(server, "n1", changed, token)["added"] == 1
+    assert push_files(server, "n1", changed, token)["added"] == 1
     model = info(server, model_id)
     assert (model["name"], model["type"], model["base"]) == ("Operator name", "locon", "sd1")
     assert model["description"] == "new"  # other fields still fill
@@ -107,7 +99,7 @@ def test_an_override_wins_over_every_later_sync_and_clearing_it_lets_the_sync_fi
     r = patch(server, model_id, {"name": None, "type": None})
     assert r.json()["overrides"] == {"base": "sd1", "trained_words": ["first", "second, with comma"]}
     assert r.json()["model"]["name"] is None and r.json()["model"]["type"] is None
-    assert push(server, "n1", changed, token)["unchanged"] == 0
+    assert push_files(server, "n1", changed, token)["unchanged"] == 0
     model = info(server, model_id)
     assert (model["name"], model["type"], model["base"]) == ("Node says", "lora", "sd1")
     assert model["field_sources"]["name"] == "a1111"
@@ -132,7 +124,7 @@ def test_an_override_survives_the_servers_own_rescan(make_server, tmp_path):
 def enriching(make_server, civitai_stub):
     server = make_server(civitai_enabled=True, civitai_api_base=civitai_stub.base_url, civitai_image_hosts=("127.0.0.1",))
     version = civitai_stub.add_version(FOUND, sha256=sha("story"))
-    push(server, "n1", [lora("story", "Story.safetensors")])
+    push_files(server, "n1", [lora("story", "Story.safetensors")])
     model_id = server.get("/api/v1/models").json()["models"][0]["id"]
     wait_for(lambda: info(server, model_id)["preview_url"])
     return server, model_id, version
@@ -180,19 +172,19 @@ def test_a_rejected_match_from_a_nodes_sidecar_is_not_taken_again(central_server
     sidecar = {"civitai_version_id": 1387174, "civitai_id": 1231067, "civitai_model_name": "Wrong", "name": "Wrong",
                "output_name": "right_v1"}
     files = [lora("x", "X.safetensors", sidecar, {**{k: "civitai_json" for k in sidecar}, "output_name": "embedded"})]
-    token = push(central_server, "n1", files)["token"]
+    token = push_files(central_server, "n1", files)["token"]
     model_id = central_server.get("/api/v1/models").json()["models"][0]["id"]
     assert info(central_server, model_id)["name"] == "Wrong"
     r = central_server.post(f"/api/v1/models/{model_id}/civitai/reject", headers=central_server.admin_headers)
     assert r.json()["rejected_version_id"] == 1387174
-    push(central_server, "n1", files, token)  # the same inventory, applied again (the digest was forgotten)
+    push_files(central_server, "n1", files, token)  # the same inventory, applied again (the digest was forgotten)
     model = info(central_server, model_id)
     assert model["name"] is None and model["civitai_model_name"] is None and model["civitai_version_id"] is None
     assert model["output_name"] == "right_v1"
     # another match (a corrected sidecar) is taken
     other = [lora("x", "X.safetensors", {**sidecar, "civitai_version_id": 99, "civitai_model_name": "Right"},
                   {k: "civitai_json" for k in sidecar})]
-    push(central_server, "n1", other, token)
+    push_files(central_server, "n1", other, token)
     assert info(central_server, model_id)["civitai_model_name"] == "Right"
 
 
