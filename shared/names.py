@@ -7,11 +7,13 @@ title = 'name [autov2]'. LoRAs (extensions-builtin/Lora/networks.py) are named b
 """
 from __future__ import annotations
 
+import functools
 import posixpath
 
 from .records import LORA_TYPES
 
 
+@functools.lru_cache(maxsize=65536)  # a job check compares the same few names across every node
 def normalise_name(name: str) -> str:
     """Case-folded, '/'-separated, without leading './' or '/': Windows and Linux names compare equal."""
     name = name.strip().replace("\\", "/")
