@@ -180,6 +180,24 @@ def _v5_copies_by_model(db: sqlite_utils.Database) -> None:
     db["model_server_availability"].create_index(["model_id", "server_id", "path", "rel_name", "role", "content_type"])
 
 
+
+def _v6_embedding_set_version(db: sqlite_utils.Database) -> None:
+    """A counter that changes only when the fleet's set of embeddings may have changed (a file that is or was an
+    embedding written, a model's type changed), so the job checks' embedding matcher survives heartbeats and every
+    other write; kept by triggers, whoever writes."""
+    db["registry_versions"].create({"topic": str, "version": int}, pk="topic", not_null={"version"})
+    db["registry_versions"].insert({"topic": "embeddings", "version": 0})
+    bump = "UPDATE registry_versions SET version = version + 1 WHERE topic = 'embeddings';"
+    is_embedding = "({row}.role IS NULL OR {row}.role IN ('embedding', 'other'))"  # content decides without a role
+    for event, condition in (
+        ("INSERT", is_embedding.format(row="NEW")),
+        ("DELETE", is_embedding.format(row="OLD")),
+        ("UPDATE", f"{is_embedding.format(row='OLD')} OR {is_embedding.format(row='NEW')}"),
+    ):
+        db.conn.execute(f"""CREATE TRIGGER embedding_set_{event.lower()} AFTER {event} ON model_server_availability
+                            WHEN {condition} BEGIN {bump} END""")
+    db.conn.execute(f"CREATE TRIGGER embedding_set_type AFTER UPDATE OF type ON models BEGIN {bump} END")
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial,
@@ -187,6 +205,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v3_job_checks,
     _v4_rejected_matches,
     _v5_copies_by_model,
+    _v6_embedding_set_version,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

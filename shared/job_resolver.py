@@ -463,15 +463,15 @@ def mark_pending(db: sqlite_utils.Database, resolutions: list[Resolution], serve
         res.pending_on = sorted(n for n, kinds in nodes.items() if kinds & KINDS[res.reference.kind])
 
 
-# --- embeddings the registry knows (cached per connection until the database changes) --------------------------
-_embedding_cache: "weakref.WeakKeyDictionary[sqlite_utils.Database, tuple[tuple[int, int], EmbeddingNames]]" = (
-    weakref.WeakKeyDictionary()
-)
+# --- embeddings the registry knows (cached per connection until the set may have changed) ----------------------
+_embedding_cache: "weakref.WeakKeyDictionary[sqlite_utils.Database, tuple[int, EmbeddingNames]]" = weakref.WeakKeyDictionary()
 
 
 def known_embeddings(db: sqlite_utils.Database) -> EmbeddingNames:
-    """The stems of every embedding some node holds (what a prompt word is matched against)."""
-    version = (db.conn.execute("PRAGMA data_version").fetchone()[0], db.conn.total_changes)
+    """The stems of every embedding some node holds (what a prompt word is matched against). Rebuilt only when
+    the triggers of catalog migration v6 counted a write that may change the set (not on heartbeats); the version
+    is read before the rows, so a write in between only costs one more rebuild."""
+    (version,) = db.conn.execute("SELECT version FROM registry_versions WHERE topic = 'embeddings'").fetchone()
     cached = _embedding_cache.get(db)
     if cached is not None and cached[0] == version:
         return cached[1]

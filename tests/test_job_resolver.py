@@ -269,6 +269,12 @@ def test_known_embeddings_follow_the_registry(fleet):
     first = known_embeddings(fleet.db)
     assert known_embeddings(fleet.db) is first  # nothing changed: the same matcher
     assert first.names == ("easynegative",)
+    register_node(fleet.db, "gpu-linux", "2030-01-01T00:00:00Z")  # a heartbeat's write: the set is the same
+    fleet.linux.add("Lora", "extra.safetensors")
+    fleet.sync(fleet.linux)  # a sync that adds no embedding
+    assert known_embeddings(fleet.db) is first
     fleet.windows.add("embeddings", "sub/bad-hands-5.safetensors", model_factory.write_embedding)
     fleet.sync(fleet.windows)
     assert set(known_embeddings(fleet.db).names) == {"easynegative", "bad-hands-5"}
+    fleet.db.conn.execute("DELETE FROM model_server_availability WHERE rel_name = ?", ["sub\\bad-hands-5.safetensors"])
+    assert known_embeddings(fleet.db).names == ("easynegative",)  # whoever writes, the triggers count it
