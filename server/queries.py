@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlite_utils
 
-from modelsync.shared.catalog import JSON_COLUMNS
+from modelsync.shared.catalog import JSON_COLUMNS, read_snapshot
 from modelsync.shared.names import kind_of, local_name
 from modelsync.shared.records import LORA_TYPES
 
@@ -110,6 +110,11 @@ def _like(text: str) -> str:
 
 def list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str, str]) -> dict[str, Any]:
     """GET /api/v1/models: filters type, base, text, server, availability; sort; limit/offset or page."""
+    with read_snapshot(db):  # the total and the page from one state
+        return _list_models(db, liveness, params)
+
+
+def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str, str]) -> dict[str, Any]:
     limit = _int_param(params, "limit", 50, 1, MAX_PAGE_SIZE)
     page = _int_param(params, "page", 0, 1, 10**9) if params.get("page") else None
     offset = (page - 1) * limit if page else _int_param(params, "offset", 0, 0, 10**12)
@@ -245,6 +250,11 @@ def model_availability(db: sqlite_utils.Database, liveness: Liveness, model_id: 
 
 
 def model_info(db: sqlite_utils.Database, liveness: Liveness, model_id: int) -> dict[str, Any]:
+    with read_snapshot(db):
+        return _model_info(db, liveness, model_id)
+
+
+def _model_info(db: sqlite_utils.Database, liveness: Liveness, model_id: int) -> dict[str, Any]:
     model = decode_json_columns(get_model(db, model_id))
     availability = model_availability(db, liveness, model_id)
     aliases = _rows(

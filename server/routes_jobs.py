@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from modelsync.shared.catalog import read_snapshot
 from modelsync.shared.inventory import valid_server_id
 from modelsync.shared.job_requirements import KIND_SYNONYMS, KINDS, JobFormatError, ModelReference, ParsedJob, extract, parse_hash
 from modelsync.shared.job_resolver import (
@@ -95,9 +96,10 @@ async def jobs_availability(request: Request) -> JSONResponse:
     ctx = context(request)
     parsed, record = await _read_job(request, ctx)
     db = ctx.registry.db()
-    resolutions = resolve(db, parsed.requirements)
-    mark_pending(db, resolutions)
-    answer = availability(resolutions, _nodes(ctx))
+    with read_snapshot(db):
+        resolutions = resolve(db, parsed.requirements)
+        mark_pending(db, resolutions)
+        answer = availability(resolutions, _nodes(ctx))
     background = _wanted_task(ctx, resolutions) if record else None
     return JSONResponse({"format": parsed.format, "model_availability": answer}, background=background)
 
@@ -122,10 +124,12 @@ async def dispatch_check(request: Request) -> JSONResponse:
         raise ApiError(400, "server_id must be 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)", "server_id")
     parsed, record = await _read_job(request, ctx)
     db = ctx.registry.db()
-    resolutions = resolve(db, parsed.requirements)
-    mark_pending(db, resolutions, server_id)
+    with read_snapshot(db):
+        resolutions = resolve(db, parsed.requirements)
+        mark_pending(db, resolutions, server_id)
+        nodes = _nodes(ctx)
     try:
-        answer = dispatch(parsed, resolutions, _nodes(ctx), server_id)
+        answer = dispatch(parsed, resolutions, nodes, server_id)
     except UnknownNode:
         raise ApiError(404, f"no node {server_id!r} is registered", "server_id") from None
     if not record:
@@ -170,7 +174,9 @@ async def checkpoint_verify(request: Request) -> JSONResponse:
             interpreted_as = "hash"
     except JobFormatError as exc:
         raise ApiError(400, exc.message, exc.field) from None
-    return JSONResponse(verify(ctx.registry.db(), _nodes(ctx), reference, provided, interpreted_as))
+    db = ctx.registry.db()
+    with read_snapshot(db):
+        return JSONResponse(verify(db, _nodes(ctx), reference, provided, interpreted_as))
 
 
 def wanted(request: Request) -> JSONResponse:
@@ -195,8 +201,10 @@ def wanted(request: Request) -> JSONResponse:
         raise ApiError(400, "missing_only must be true or false", "missing_only")
     limit = _int(params.get("limit"), "limit", 50, 1, MAX_PAGE_SIZE)
     offset = _int(params.get("offset"), "offset", 0, 0, 10**9)
-    return JSONResponse(list_wanted(ctx.registry.db(), limit=limit, offset=offset, kind=kind,
-                                    missing_only=missing_only in ("true", "1", "yes")))
+    db = ctx.registry.db()
+    with read_snapshot(db):
+        return JSONResponse(list_wanted(db, limit=limit, offset=offset, kind=kind,
+                                        missing_only=missing_only in ("true", "1", "yes")))
 
 
 def _int(text: str | None, name: str, default: int, low: int, high: int) -> int:

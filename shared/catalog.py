@@ -240,6 +240,21 @@ def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Databa
     db.conn.execute("COMMIT")
 
 
+@contextlib.contextmanager
+def read_snapshot(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """Several reads that see one state of the database (a read transaction), not a writer's commit between two
+    of them; inside a transaction already, that one's."""
+    if db.conn.in_transaction:
+        yield db
+        return
+    db.conn.execute("BEGIN")
+    try:
+        yield db
+    finally:
+        if db.conn.in_transaction:
+            db.conn.execute("COMMIT")
+
+
 def migrate(db: sqlite_utils.Database, before_step: Callable[[int], None] | None = None) -> list[int]:
     """Bring the schema up to SCHEMA_VERSION; `before_step(version)` runs before each step (backups)."""
     applied = []
