@@ -44,7 +44,8 @@ from support_server import RunningServer, server_process  # noqa: E402
 
 from modelsync.shared.catalog import migrate, open_catalog  # noqa: E402
 from modelsync.shared.inventory import Inventory, InventoryFile  # noqa: E402
-from modelsync.shared.inventory_apply import apply_inventory, utc_now  # noqa: E402
+from modelsync.shared.catalog import utc_now  # noqa: E402
+from modelsync.shared.inventory_apply import apply_inventory  # noqa: E402
 
 JOB_LORAS = (1, 2, 3, 4, 5)  # fleet-wide models: every node holds them
 JOB_CHECKPOINT = 0

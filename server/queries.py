@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlite_utils
 
-from modelsync.shared.catalog import JSON_COLUMNS, read_snapshot
+from modelsync.shared.catalog import JSON_COLUMNS, placeholders, read_snapshot
 from modelsync.shared.names import kind_of, local_name
 from modelsync.shared.records import LORA_TYPES
 
@@ -70,10 +70,6 @@ def _rows(db: sqlite_utils.Database, sql: str, params: list[Any] | tuple[Any, ..
     return [dict(zip(names, values)) for values in cursor.fetchall()]
 
 
-def _marks(values: list[Any]) -> str:
-    return ",".join("?" * len(values))
-
-
 def model_summary(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -115,9 +111,9 @@ def list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str,
 
 
 def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str, str]) -> dict[str, Any]:
-    limit = _int_param(params, "limit", 50, 1, MAX_PAGE_SIZE)
-    page = _int_param(params, "page", 0, 1, 10**9) if params.get("page") else None
-    offset = (page - 1) * limit if page else _int_param(params, "offset", 0, 0, 10**12)
+    limit = int_param(params, "limit", 50, 1, MAX_PAGE_SIZE)
+    page = int_param(params, "page", 0, 1, 10**9) if params.get("page") else None
+    offset = (page - 1) * limit if page else int_param(params, "offset", 0, 0, 10**12)
     sort = params.get("sort") or "name"
     if sort not in SORT_COLUMNS:
         raise ApiError(400, f"sort must be one of {', '.join(SORT_COLUMNS)}", "sort")
@@ -132,7 +128,7 @@ def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str
         if column == "type" and "lora" in values:  # a job's <lora:...> loads any LoRA variant
             values = sorted(set(values) | LORA_TYPES)
         if values:
-            where.append(f"m.{column} IN ({_marks(values)})")
+            where.append(f"m.{column} IN ({placeholders(values)})")
             args.extend(values)
     text = (params.get("text") or params.get("q") or "").strip()
     if text:
@@ -153,7 +149,7 @@ def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str
         if availability not in AVAILABILITY_FILTERS:
             raise ApiError(400, f"availability must be one of {', '.join(AVAILABILITY_FILTERS)}", "availability")
         any_copy = "EXISTS (SELECT 1 FROM model_server_availability a WHERE a.model_id = m.id)"
-        online_copy = f"EXISTS (SELECT 1 FROM model_server_availability a WHERE a.model_id = m.id AND a.server_id IN ({_marks(online)}))"
+        online_copy = f"EXISTS (SELECT 1 FROM model_server_availability a WHERE a.model_id = m.id AND a.server_id IN ({placeholders(online)}))"
         if availability == "available":
             where.append(any_copy)
         elif availability == "missing":
@@ -175,7 +171,7 @@ def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str
         SELECT m.*,
           (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a WHERE a.model_id = m.id) AS node_count,
           (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a
-             WHERE a.model_id = m.id AND a.server_id IN ({_marks(online)})) AS online_node_count,
+             WHERE a.model_id = m.id AND a.server_id IN ({placeholders(online)})) AS online_node_count,
           EXISTS (SELECT 1 FROM model_previews p WHERE p.sha256 = m.hash_sha256 AND p.status = 'stored') AS preview_stored
         FROM page JOIN models m ON m.id = page.id
         ORDER BY {ordering}"""
@@ -190,7 +186,7 @@ def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str
     }
 
 
-def _int_param(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+def int_param(params: dict[str, str], name: str, default: int, low: int, high: int) -> int:
     text = params.get(name)
     if text is None or text == "":
         return default
@@ -307,8 +303,8 @@ def list_servers(db: sqlite_utils.Database, liveness: Liveness) -> list[dict[str
 
 def server_files(db: sqlite_utils.Database, server_id: str, params: dict[str, str]) -> dict[str, Any]:
     """One node's files (GET /api/v1/servers/{id}/files), optionally only those not hashed yet."""
-    limit = _int_param(params, "limit", 100, 1, MAX_PAGE_SIZE)
-    offset = _int_param(params, "offset", 0, 0, 10**12)
+    limit = int_param(params, "limit", 100, 1, MAX_PAGE_SIZE)
+    offset = int_param(params, "offset", 0, 0, 10**12)
     where = "a.server_id = ?" + (" AND a.model_id IS NULL" if params.get("unhashed") in ("1", "true", "yes") else "")
     total = db.conn.execute(f"SELECT COUNT(*) FROM model_server_availability a WHERE {where}", [server_id]).fetchone()[0]
     files = _rows(

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from modelsync.shared.catalog import migrate, open_catalog, schema_version, write_transaction
+from modelsync.shared.catalog import TIME_FORMAT, migrate, open_catalog, schema_version, write_transaction
 
 log = logging.getLogger(__name__)
 
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 # Left alone by reset-database: node identities and their tokens survive an emptied registry.
 KEPT_ON_RESET = frozenset({"servers"})
 

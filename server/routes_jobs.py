@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from modelsync.shared.catalog import read_snapshot
 from modelsync.shared.inventory import valid_server_id
-from modelsync.shared.job_requirements import KIND_SYNONYMS, KINDS, JobFormatError, ModelReference, ParsedJob, extract, parse_hash
+from modelsync.shared.job_requirements import JobFormatError, ModelReference, ParsedJob, extract, parse_hash, parse_kind
 from modelsync.shared.job_resolver import (
     NodeInfo,
     Resolution,
@@ -38,7 +38,7 @@ from modelsync.shared.job_resolver import (
 from .body import expect_object, read_json
 from .context import ServerContext, context
 from .errors import ApiError
-from .queries import MAX_PAGE_SIZE
+from .queries import MAX_PAGE_SIZE, int_param
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,11 @@ async def checkpoint_verify(request: Request) -> JSONResponse:
     """
     ctx = context(request)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
-    kind_value = body.get("type", "checkpoint")
-    kind = KIND_SYNONYMS.get(str(kind_value).lower(), str(kind_value).lower())
-    if kind not in KINDS:
-        raise ApiError(400, f"type must be one of {', '.join(KINDS)}", "type")
     version, hash_value = body.get("civitai_version_id"), body.get("hash")
     if version is None and hash_value is None:
         raise ApiError(400, "give civitai_version_id or hash", "civitai_version_id")
     try:
+        kind = parse_kind(body.get("type", "checkpoint"), "type")
         if version is not None and (isinstance(version, int) and not isinstance(version, bool) and version > 0
                                     or isinstance(version, str) and version.strip().isdigit()):
             provided, reference = version, ModelReference(kind, civitai_version_id=int(version))
@@ -193,26 +190,19 @@ def wanted(request: Request) -> JSONResponse:
     """
     ctx = context(request)
     params = request.query_params
-    kind = params.get("kind") or None
-    if kind is not None and kind not in KINDS:
-        raise ApiError(400, f"kind must be one of {', '.join(KINDS)}", "kind")
+    try:
+        kind = parse_kind(params["kind"], "kind") if params.get("kind") else None
+    except JobFormatError as exc:
+        raise ApiError(400, exc.message, exc.field) from None
     missing_only = (params.get("missing_only") or "true").lower()
     if missing_only not in ("true", "false", "1", "0", "yes", "no"):
         raise ApiError(400, "missing_only must be true or false", "missing_only")
-    limit = _int(params.get("limit"), "limit", 50, 1, MAX_PAGE_SIZE)
-    offset = _int(params.get("offset"), "offset", 0, 0, 10**9)
+    limit = int_param(dict(params), "limit", 50, 1, MAX_PAGE_SIZE)
+    offset = int_param(dict(params), "offset", 0, 0, 10**9)
     db = ctx.registry.db()
     with read_snapshot(db):
         return JSONResponse(list_wanted(db, limit=limit, offset=offset, kind=kind,
                                         missing_only=missing_only in ("true", "1", "yes")))
-
-
-def _int(text: str | None, name: str, default: int, low: int, high: int) -> int:
-    if not text:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise ApiError(400, f"{name} must be an integer from {low} to {high}", name)
-    return int(text)
 
 
 ROUTES = [

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -224,6 +225,24 @@ def open_catalog(path: str | Path) -> sqlite_utils.Database:
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
     return sqlite_utils.Database(conn)
+
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # every timestamp a catalog stores: UTC, sorts as text
+SQL_VARIABLES = 500  # values per `IN (...)` list, well under SQLite's limit
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
+
+
+def chunks(items: list, size: int = SQL_VARIABLES) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def placeholders(values: list) -> str:
+    """`?, ?, ?` for an `IN (...)` list of these values."""
+    return ",".join("?" * len(values))
 
 
 @contextlib.contextmanager

@@ -12,12 +12,11 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import sqlite_utils
 
-from .catalog import write_transaction
+from .catalog import chunks, utc_now, write_transaction
 from .inventory import Inventory, InventoryFile
 from .metadata_merge import contributions_from_flat, merge
 from .names import aliases, kind_of, local_name
@@ -38,7 +37,6 @@ _AVAILABILITY_ATTRS = (
     "problem",
 )
 _MODEL_HASH_COLUMNS = ("hash_autov1", "hash_autov3", "size", "filename", "forge_format")
-_SQL_VARS = 500
 
 
 @dataclass
@@ -50,15 +48,6 @@ class ApplyResult:
     model_ids: dict[str, int | None] = field(default_factory=dict)
     changed_models: set[int] = field(default_factory=set)
     new_models: set[int] = field(default_factory=set)
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _chunks(items: list, size: int = _SQL_VARS) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -79,7 +68,7 @@ def _forge_format(rel_name: str) -> str:
 
 def _load_models(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
-    for chunk in _chunks(sha256s):
+    for chunk in chunks(sha256s):
         marks = ",".join("?" * len(chunk))
         for row in db.query(f"SELECT * FROM models WHERE hash_sha256 IN ({marks})", chunk):
             found[row["hash_sha256"]] = _decode_model_row(row)
@@ -88,7 +77,7 @@ def _load_models(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, dic
 
 def _load_rejections(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, set[int]]:
     rejected: dict[str, set[int]] = {}
-    for chunk in _chunks(sha256s):
+    for chunk in chunks(sha256s):
         marks = ",".join("?" * len(chunk))
         for sha256, version_id in db.conn.execute(
             f"SELECT sha256, version_id FROM civitai_rejections WHERE sha256 IN ({marks})", chunk
@@ -250,7 +239,7 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
             assignments = ", ".join(f"[{c}] = ?" for c in diff)
             conn.execute(f"UPDATE model_server_availability SET {assignments} WHERE id = ?", [*diff.values(), row_id])
         gone = [row["id"] for path, row in existing_rows.items() if path not in listed]
-        for chunk in _chunks(gone):
+        for chunk in chunks(gone):
             conn.execute(f"DELETE FROM model_server_availability WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         result.removed = len(gone)
 
@@ -261,7 +250,7 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
             for row in db.query("SELECT id, model_id, kind, alias, local_name FROM model_aliases WHERE server_id = ?", [server_id])
         }
         stale = [row_id for key, (row_id, name) in current.items() if desired.get(key) != name]
-        for chunk in _chunks(stale):
+        for chunk in chunks(stale):
             conn.execute(f"DELETE FROM model_aliases WHERE id IN ({','.join('?' * len(chunk))})", chunk)
         fresh = [
             {"model_id": key[0], "server_id": server_id, "kind": key[1], "alias": key[2], "local_name": name}

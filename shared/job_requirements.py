@@ -203,6 +203,14 @@ def parse_hash(value: Any, kind: str, field_name: str) -> HashRef:
     return HashRef(kind, text.lower())
 
 
+def parse_kind(value: Any, field_name: str) -> str:
+    """A model kind as a job or a query names it (synonyms such as `lycoris` or `ti` accepted)."""
+    _expect(isinstance(value, str), field_name, f"is required: one of {', '.join(KINDS)}")
+    kind = KIND_SYNONYMS.get(value.strip().lower(), value.strip().lower())
+    _expect(kind in KINDS, field_name, f"{value!r} is not one of {', '.join(KINDS)}")
+    return kind
+
+
 def _maybe_hash(text: str) -> HashRef | None:
     return HashRef("any", text.lower()) if _HEX.match(text) and len(text) in HASH_LENGTHS["any"] else None
 
@@ -453,10 +461,7 @@ class _Walk:
         for i, item in enumerate(items):
             here = f"{where}[{i}]"
             _expect(isinstance(item, dict), here, 'must be an object like {"type": "lora", "sha256": "..."}')
-            kind_value = item.get("type")
-            _expect(isinstance(kind_value, str), f"{here}.type", f"is required: one of {', '.join(KINDS)}")
-            kind = KIND_SYNONYMS.get(kind_value.strip().lower(), kind_value.strip().lower())
-            _expect(kind in KINDS, f"{here}.type", f"{kind_value!r} is not one of {', '.join(KINDS)}")
+            kind = parse_kind(item.get("type"), f"{here}.type")
             hashes = tuple(parse_hash(item[key], hash_kind, f"{here}.{key}")
                            for key, hash_kind in _LIST_HASH_FIELDS.items() if item.get(key) is not None)
             version = _civitai_version_id(item.get("civitai_version_id"), f"{here}.civitai_version_id")

@@ -16,12 +16,12 @@ import posixpath
 import re
 import weakref
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, NamedTuple
 
 import sqlite_utils
 
-from .catalog import write_transaction
+from .catalog import TIME_FORMAT, chunks, placeholders, utc_now, write_transaction
 from .job_requirements import (
     KINDS,
     EmbeddingNames,
@@ -36,8 +36,6 @@ from .names import aliases, kind_of, normalise_name, stem
 
 ACTIONS = ("retry_later", "route_elsewhere", "fail")
 LAST_USED_GRANULARITY_SECONDS = 60  # an approved dispatch writes last_used at most once a minute per model
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_SQL_VARS = 500
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 # most specific first: what a name matched is reported as the first of these
 _ALIAS_ORDER = ("rel_name", "rel_stem", "model_name", "file_name", "stem", "output_name")
@@ -45,19 +43,6 @@ _ALIAS_ORDER = ("rel_name", "rel_stem", "model_name", "file_name", "stem", "outp
 _CLASH_ALIAS = {"lora": "stem", "embedding": "stem", "hypernetwork": "stem", "vae": "file_name", "controlnet": "stem"}
 _MODEL_COLUMNS = ("id", "name", "filename", "type", "base", "hash_sha256", "hash_autov1", "hash_autov2", "hash_autov3",
                   "civitai_id", "civitai_version_id", "civitai_model_name", "last_used")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime(TIME_FORMAT)
-
-
-def _chunks(items: list, size: int = _SQL_VARS) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _marks(values: list) -> str:
-    return ",".join("?" * len(values))
 
 
 # --- the fleet ---------------------------------------------------------------------------------------------
@@ -194,8 +179,8 @@ def _title(copy: FileCopy, model: dict[str, Any]) -> str:
 def _alias_rows(db: sqlite_utils.Database, names: list[str]) -> dict[str, list[tuple[str, int, str]]]:
     """normalised name -> (alias kind, model_id, server_id) for every file any node names so."""
     found: dict[str, list[tuple[str, int, str]]] = {}
-    for chunk in _chunks(names):
-        sql = f"SELECT alias, kind, model_id, server_id FROM model_aliases WHERE alias IN ({_marks(chunk)})"
+    for chunk in chunks(names):
+        sql = f"SELECT alias, kind, model_id, server_id FROM model_aliases WHERE alias IN ({placeholders(chunk)})"
         for alias, alias_kind, model_id, server_id in db.conn.execute(sql, chunk):
             found.setdefault(alias, []).append((alias_kind, model_id, server_id))
     return found
@@ -239,8 +224,8 @@ def _version_hits(db: sqlite_utils.Database, versions: Iterable[int]) -> dict[in
 
 def _models(db: sqlite_utils.Database, ids: list[int]) -> dict[int, dict[str, Any]]:
     found: dict[int, dict[str, Any]] = {}
-    for chunk in _chunks(ids):
-        sql = f"SELECT {', '.join(_MODEL_COLUMNS)} FROM models WHERE id IN ({_marks(chunk)})"
+    for chunk in chunks(ids):
+        sql = f"SELECT {', '.join(_MODEL_COLUMNS)} FROM models WHERE id IN ({placeholders(chunk)})"
         for values in db.conn.execute(sql, chunk):
             found[values[0]] = dict(zip(_MODEL_COLUMNS, values))
     return found
@@ -248,9 +233,9 @@ def _models(db: sqlite_utils.Database, ids: list[int]) -> dict[int, dict[str, An
 
 def _copies(db: sqlite_utils.Database, models: dict[int, dict[str, Any]]) -> dict[int, list[FileCopy]]:
     found: dict[int, list[FileCopy]] = {model_id: [] for model_id in models}
-    for chunk in _chunks(list(models)):
+    for chunk in chunks(list(models)):
         sql = f"""SELECT model_id, server_id, path, rel_name, role, content_type FROM model_server_availability
-                  WHERE model_id IN ({_marks(chunk)})"""
+                  WHERE model_id IN ({placeholders(chunk)})"""
         for model_id, server_id, path, rel_name, role, content_type in db.conn.execute(sql, chunk):
             kind = _kind(role, content_type or models[model_id]["type"])
             found[model_id].append(FileCopy._make((server_id, path, rel_name, kind)))
@@ -408,13 +393,13 @@ def _mark_clashes(db: sqlite_utils.Database, resolutions: list[Resolution], reg:
     for alias_kind, local in unread:
         by_kind.setdefault(alias_kind, []).append(local)
     for alias_kind, names in by_kind.items():
-        for chunk in _chunks(names):
+        for chunk in chunks(names):
             rows = db.conn.execute(
                 f"""SELECT a.alias, a.server_id, a.model_id, f.role, COALESCE(f.content_type, m.type)
                     FROM model_aliases a
                     JOIN model_server_availability f ON f.model_id = a.model_id AND f.server_id = a.server_id
                     JOIN models m ON m.id = a.model_id
-                    WHERE a.kind = ? AND a.alias IN ({_marks(chunk)})""",
+                    WHERE a.kind = ? AND a.alias IN ({placeholders(chunk)})""",
                 [alias_kind, *chunk],
             ).fetchall()
             for alias, server_id, model_id, role, content in rows:
@@ -672,7 +657,7 @@ def record_last_used(db: sqlite_utils.Database, resolutions: list[Resolution], n
                   if r.model is not None and (r.model.row["last_used"] or "") <= since})
     if ids:
         with write_transaction(db):
-            db.conn.execute(f"UPDATE models SET last_used = ? WHERE id IN ({_marks(ids)})", [now, *ids])
+            db.conn.execute(f"UPDATE models SET last_used = ? WHERE id IN ({placeholders(ids)})", [now, *ids])
     return len(ids)
 
 
