@@ -25,9 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from support_server import server_process  # noqa: E402
 
-from modelsync.shared.catalog import migrate, open_catalog  # noqa: E402
+from modelsync.shared.catalog import migrate, open_catalog, utc_now  # noqa: E402
 from modelsync.shared.inventory import Inventory, InventoryFile  # noqa: E402
-from modelsync.shared.catalog import utc_now  # noqa: E402
 from modelsync.shared.inventory_apply import apply_inventory  # noqa: E402
 
 COMMON = 1000  # models on every node

@@ -28,7 +28,6 @@ import hashlib
 import http.client
 import json
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,11 +39,11 @@ from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from latency import summary  # noqa: E402
 from support_server import RunningServer, server_process  # noqa: E402
 
-from modelsync.shared.catalog import migrate, open_catalog  # noqa: E402
+from modelsync.shared.catalog import migrate, open_catalog, utc_now  # noqa: E402
 from modelsync.shared.inventory import Inventory, InventoryFile  # noqa: E402
-from modelsync.shared.catalog import utc_now  # noqa: E402
 from modelsync.shared.inventory_apply import apply_inventory  # noqa: E402
 
 JOB_LORAS = (1, 2, 3, 4, 5)  # fleet-wide models: every node holds them
@@ -147,13 +146,7 @@ def load(url: str, path_template: str, nodes: int, seconds: float, concurrency: 
     with ProcessPoolExecutor(concurrency) as pool:
         args = [(url, path_template, nodes, seconds, seed, interval) for seed in range(concurrency)]
         measured = [t for run in pool.map(load_client, *zip(*args)) for t in run]
-    errors = sum(1 for t in measured if t < 0)
-    latencies = sorted(abs(t) for t in measured)
-    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)  # noqa: E731
-    return {"requests": len(latencies), "errors": errors, "concurrency": concurrency, "rate": rate or "saturated",
-            "seconds": seconds, "requests_per_s": round(len(latencies) / seconds), "p50_ms": pick(0.50),
-            "p95_ms": pick(0.95), "p99_ms": pick(0.99), "max_ms": round(latencies[-1] * 1000, 2),
-            "mean_ms": round(statistics.fmean(latencies) * 1000, 2)}
+    return {**summary(measured, seconds), "concurrency": concurrency, "rate": rate or "saturated"}
 
 
 @contextlib.contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from latency import summary  # noqa: E402
 from support_server import server_process  # noqa: E402
 
 from modelsync.shared.inventory import Inventory, InventoryFile  # noqa: E402
@@ -156,12 +157,7 @@ def load(url: str, max_id: int, popular: list[int], seconds: float, concurrency:
     with ProcessPoolExecutor(concurrency) as pool:
         runs = pool.map(load_client, *zip(*[(url, max_id, popular, seconds, seed) for seed in range(concurrency)]))
         measured = [t for run in runs for t in run]
-    errors = sum(1 for t in measured if t < 0)
-    latencies = sorted(abs(t) for t in measured)
-    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 2)  # noqa: E731
-    return {"requests": len(latencies), "errors": errors, "concurrency": concurrency, "seconds": seconds,
-            "requests_per_s": round(len(latencies) / seconds), "p50_ms": pick(0.50), "p95_ms": pick(0.95),
-            "p99_ms": pick(0.99), "max_ms": round(latencies[-1] * 1000, 2)}
+    return {**summary(measured, seconds), "concurrency": concurrency}
 
 
 def main() -> None:
