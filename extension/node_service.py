@@ -186,11 +186,7 @@ class NodeService:
             return False
         status = self.push_status
         status.reachable, status.last_push, status.answer, status.error = True, time.time(), answer, None
-        try:
-            status.previews_written = client.save_previews(inventory, answer)
-        except PushError as exc:
-            log.warning("modelsync could not fetch a preview: %s", exc)
-            status.previews_written = []
+        status.previews_written = client.save_previews(inventory, answer)
         return True
 
     def heartbeat(self) -> bool:
@@ -233,7 +229,7 @@ class NodeService:
             return self._thread
 
     def _background(self, initial_sync: bool) -> None:
-        if initial_sync and not self._stop.is_set():
+        if initial_sync:  # the start-up sync always runs: stop() waits for it
             self.scan_and_push(self._settings().hash_new_files)
         while not self._stop.is_set():
             try:

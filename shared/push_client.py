@@ -160,12 +160,10 @@ class ServerClient:
             f"api/v1/servers/{self.credentials.server_id}/heartbeat", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
 
-    def node_counts(self, server_id: str | None = None, page_size: int = 500) -> dict[str, int]:
-        """SHA256 -> how many fleet nodes hold the model, for every model `server_id` holds (every model when
-        None); read page by page from GET /api/v1/models."""
-        params: dict[str, Any] = {"limit": page_size, "sort": "id"}
-        if server_id:
-            params["server"] = server_id
+    def node_counts(self, server_id: str, page_size: int = 500) -> dict[str, int]:
+        """SHA256 -> how many fleet nodes hold the model, for every model `server_id` holds; read page by page
+        from GET /api/v1/models."""
+        params: dict[str, Any] = {"limit": page_size, "sort": "id", "server": server_id}
         counts: dict[str, int] = {}
         page, pages = 1, 1
         while page <= pages:
@@ -195,7 +193,7 @@ class ServerClient:
 
     def save_previews(self, inventory: Inventory, answer: dict[str, Any]) -> list[str]:
         """Write `<stem>.preview.jpeg` beside every copy that has no preview, for models the server has one of.
-        Returns the files written; a file that cannot be written is logged and skipped."""
+        Returns the files written; a preview that cannot be fetched or written is logged and skipped."""
         written: list[str] = []
         enriched = answer.get("enriched") or {}
         for f in inventory.files:
@@ -205,12 +203,12 @@ class ServerClient:
             target = preview_path(f.path)
             if os.path.exists(target):
                 continue
-            data = self.fetch_preview(entry["preview_url"])
-            if data is None:
-                continue
             try:
+                data = self.fetch_preview(entry["preview_url"])
+                if data is None:
+                    continue
                 write_atomic(target, data)
-            except OSError as exc:
+            except (PushError, OSError) as exc:  # one preview lost, not the others
                 log.warning("cannot write preview %s: %s", target, exc)
                 continue
             written.append(target)

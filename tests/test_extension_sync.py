@@ -135,7 +135,8 @@ def test_fleet_counts_come_from_the_server_page_by_page(tmp_path, central_server
     counts = client.node_counts("gpu-big")
     assert set(counts) == {f.sha256 for f in big}  # more than one page of 500
     assert list(counts.values()).count(2) == 10 and list(counts.values()).count(1) == 510
-    assert len(client.node_counts(None, page_size=7)) == 540  # every model, in small pages
+    small_pages = client.node_counts("gpu-other", page_size=7)  # 30 models in pages of 7
+    assert len(small_pages) == 30 and list(small_pages.values()).count(2) == 10
 
     settings = NodeSettings(server_url=central_server.base_url, node_id="gpu-big")
     assert node(tmp_path, settings, Clock()).fleet_counts() == counts
@@ -181,3 +182,14 @@ def wait_for_preview(server, model_id: int) -> bytes:
             return answer.content
         time.sleep(0.05)
     raise AssertionError("the server stored no preview in time")
+
+
+def test_a_preview_that_cannot_be_fetched_does_not_stop_the_others(tmp_path, central_server):  # noqa: F811
+    files = [InventoryFile(path=str(tmp_path / f"{name}.safetensors"), rel_name=f"{name}.safetensors", role="lora", size=1,
+                           mtime_ns=1, sha256=hashlib.sha256(name.encode()).hexdigest()) for name in ("first", "second")]
+    answer = {"enriched": {files[0].sha256: {"preview_url": "/api/v1/models/scan"},  # a GET there: HTTP 405
+                           files[1].sha256: {"preview_url": "/api/v1/health"}}}
+    client = ServerClient(central_server.base_url, NodeCredentials("gpu-previews"), retries=0)
+    written = client.save_previews(Inventory("gpu-previews", files=files), answer)
+    assert written == [str(tmp_path / "second.preview.jpeg")]
+    assert (tmp_path / "second.preview.jpeg").exists() and not (tmp_path / "first.preview.jpeg").exists()
