@@ -47,6 +47,7 @@ class TabActions:
     def __init__(self, service: NodeService):
         self.service = service
         self.counts: dict[str, int] | None = None  # fleet node counts by SHA256, read by refresh_table
+        self.rows: list[dict[str, Any]] = []  # the node's files from its catalog, read by refresh_table
 
     def scanning_label(self, calculate_hashes: bool) -> str:
         return "Scanning + Calculating Hashes..." if calculate_hashes else "Scanning..."
@@ -108,10 +109,11 @@ class TabActions:
         return row["type"] or row["content_type"] or row["role"] or ""
 
     def models_table(self, type_filter: str = ALL_TYPES, text: str = "") -> list[list[Any]]:
-        """The filter controls: the node's models of that type whose name, file or hash contains `text`."""
+        """The filter controls: the node's models of that type whose name, file or hash contains `text` (filtered
+        in memory: the catalog is read by refresh_table)."""
         needle = (text or "").strip().lower()
         rows = []
-        for r in self._local_rows():
+        for r in self.rows:
             model_type = self._type_of(r)
             name = r["name"] or r["rel_name"]
             if type_filter and type_filter != ALL_TYPES and model_type != type_filter:
@@ -127,7 +129,8 @@ class TabActions:
         """Tab load, the Refresh button and the end of a scan: fleet counts read again from the central server,
         then (table, type choices, status line)."""
         self.counts = self.service.fleet_counts()
-        types = [ALL_TYPES] + sorted({t for t in map(self._type_of, self._local_rows()) if t})
+        self.rows = self._local_rows()
+        types = [ALL_TYPES] + sorted({t for t in map(self._type_of, self.rows) if t})
         return self.models_table(type_filter, text), gr.update(choices=types), self.service.status_line()
 
     def select_row(self, evt: gr.SelectData, rows: Any) -> str:

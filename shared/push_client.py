@@ -121,8 +121,9 @@ class ServerClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """The server's JSON answer; PushError (with the status and the field the server named) otherwise."""
         headers = {**self._headers(), **kwargs.pop("headers", {})}
+        timeout = kwargs.pop("timeout", self.timeout)
         try:
-            response = self.session.request(method, self._url(path), headers=headers, timeout=self.timeout, **kwargs)
+            response = self.session.request(method, self._url(path), headers=headers, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
             raise PushError(f"cannot reach {self.base_url}: {exc}") from None
         try:
@@ -160,14 +161,14 @@ class ServerClient:
             f"api/v1/servers/{self.credentials.server_id}/heartbeat", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
 
-    def node_counts(self, server_id: str, page_size: int = 500) -> dict[str, int]:
+    def node_counts(self, server_id: str, page_size: int = 500, timeout: float = 10) -> dict[str, int]:
         """SHA256 -> how many fleet nodes hold the model, for every model `server_id` holds; read page by page
-        from GET /api/v1/models."""
+        from GET /api/v1/models, each page within `timeout` seconds (a table is waiting for it, not a push)."""
         params: dict[str, Any] = {"limit": page_size, "sort": "id", "server": server_id}
         counts: dict[str, int] = {}
         page, pages = 1, 1
         while page <= pages:
-            answer = self._request("GET", "api/v1/models", params={**params, "page": page})
+            answer = self._request("GET", "api/v1/models", params={**params, "page": page}, timeout=timeout)
             counts.update({m["sha256"]: int(m.get("node_count") or 0) for m in answer.get("models", []) if m.get("sha256")})
             pages = int(answer.get("pages") or 0)
             page += 1
