@@ -13,16 +13,16 @@ from typing import Any
 import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
-from modelsync.shared.inventory_apply import CIVITAI_SOURCES
-from modelsync.shared.metadata_merge import merge
+from modelsync.shared.inventory_apply import load_rejections
+from modelsync.shared.metadata_merge import given_by_civitai, merge, metadata_source
 from modelsync.shared.metadata_sources import from_civitai_version
-from modelsync.shared.records import MANUAL_SOURCE, METADATA_FIELDS, SOURCE_PRIORITY, MetadataContribution
+from modelsync.shared.records import METADATA_FIELDS, UNKNOWN_MARK, MetadataContribution
 
 from .errors import ApiError
+from .sync import forget_holders_digests
 from .registry import iso, utc_now
 
 SOURCE = "civitai_api"
-UNKNOWN = "none"
 # The Civitai text fields a 404 sets to "none", so that nodes and the dashboard see "Civitai does not know it".
 UNKNOWN_MARKED_FIELDS = (
     "civitai_model_name",
@@ -63,7 +63,7 @@ def due_previews(db: sqlite_utils.Database, limit: int) -> list[tuple[str, str]]
         """SELECT m.hash_sha256, m.civitai_image_url FROM models m LEFT JOIN model_previews p ON p.sha256 = m.hash_sha256
            WHERE m.civitai_image_url IS NOT NULL AND m.civitai_image_url != ? AND p.sha256 IS NULL
            ORDER BY m.id LIMIT ?""",
-        [UNKNOWN, limit],
+        [UNKNOWN_MARK, limit],
     ).fetchall()
 
 
@@ -77,13 +77,6 @@ def requeue_lookup(db: sqlite_utils.Database, sha256: str) -> None:
             [sha256, now],
         )
         db.conn.execute("DELETE FROM model_previews WHERE sha256 = ? AND status != 'stored'", [sha256])
-
-
-def metadata_source(sources: dict[str, str], fields: dict[str, Any]) -> str | None:
-    """The highest-priority source that gave a real value ("none" marks do not count)."""
-    rank = {MANUAL_SOURCE: -1, **{s: i for i, s in enumerate(SOURCE_PRIORITY)}}
-    real = {source for name, source in sources.items() if fields.get(name) not in (None, UNKNOWN)}
-    return min(real, key=lambda s: rank.get(s, len(rank)), default=None)
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +94,15 @@ def _model(db: sqlite_utils.Database, sha256: str) -> dict[str, Any] | None:
     return _decoded(dict(zip([d[0] for d in cursor.description], values)))
 
 
-def _write_fields(db: sqlite_utils.Database, model: dict[str, Any], fields: dict[str, Any], sources: dict[str, str]) -> set[str]:
+def write_fields(
+    db: sqlite_utils.Database,
+    model: dict[str, Any],
+    fields: dict[str, Any],
+    sources: dict[str, str],
+    overrides: dict[str, Any] | None = None,
+) -> set[str]:
+    """Write what changed of a model's metadata (and its overrides, when given); `model` is its decoded row.
+    Returns the metadata fields that changed."""
     changed = {name for name in METADATA_FIELDS if fields.get(name) != model.get(name)}
     row: dict[str, Any] = {name: fields.get(name) for name in changed}
     for name in _JSON_FIELDS:
@@ -113,6 +114,8 @@ def _write_fields(db: sqlite_utils.Database, model: dict[str, Any], fields: dict
     source = metadata_source(kept_sources, fields)
     if source != model.get("metadata_source"):
         row["metadata_source"] = source
+    if overrides is not None and overrides != (model.get("overrides") or {}):
+        row["overrides"] = json.dumps(overrides, sort_keys=True, ensure_ascii=False) if overrides else None
     if row:
         row["updated_at"] = iso(utc_now())
         assignments = ", ".join(f"[{c}] = ?" for c in row)
@@ -133,17 +136,13 @@ def _record(db: sqlite_utils.Database, sha256: str, status: str, next_attempt_at
     )
 
 
-def rejected_versions(db: sqlite_utils.Database, sha256: str) -> set[int]:
-    return {r[0] for r in db.conn.execute("SELECT version_id FROM civitai_rejections WHERE sha256 = ?", [sha256])}
-
-
 def record_found(db: sqlite_utils.Database, sha256: str, version: dict[str, Any], origin: str) -> set[str]:
     """Fill the model's null fields from a Civitai version (never overwriting; earlier "none" marks give way).
     A version the operator rejected for this model is recorded as such and not applied."""
     offered = from_civitai_version(version, sha256)
     version_id = version.get("id") if isinstance(version.get("id"), int) else None
     with write_transaction(db):
-        if version_id is not None and version_id in rejected_versions(db, sha256):
+        if version_id is not None and version_id in load_rejections(db, [sha256]).get(sha256, set()):
             _record(db, sha256, "rejected", None, version_id=version_id)
             return set()
         model = _model(db, sha256)
@@ -152,11 +151,11 @@ def record_found(db: sqlite_utils.Database, sha256: str, version: dict[str, Any]
             existing = {k: model.get(k) for k in METADATA_FIELDS}
             sources = dict(model.get("field_sources") or {})
             for name in UNKNOWN_MARKED_FIELDS:
-                if existing.get(name) == UNKNOWN and sources.get(name) == SOURCE:
+                if existing.get(name) == UNKNOWN_MARK and sources.get(name) == SOURCE:
                     existing[name] = None
                     sources.pop(name)
             merged = merge([MetadataContribution(SOURCE, offered, origin)], existing, sources, model.get("overrides") or {})
-            changed = _write_fields(db, model, merged.fields, merged.field_sources)
+            changed = write_fields(db, model, merged.fields, merged.field_sources)
         _record(db, sha256, "found", None, version_id=version_id, response=json.dumps(version, ensure_ascii=False))
     return changed
 
@@ -180,7 +179,7 @@ def reject_match(db: sqlite_utils.Database, model_id: int) -> tuple[int, set[str
         cleared = {
             name for name in METADATA_FIELDS
             if fields[name] is not None and name not in overrides
-            and (name.startswith("civitai_") or sources.get(name) in CIVITAI_SOURCES)
+            and given_by_civitai(name, sources.get(name))
         }
         for name in cleared:
             fields[name] = None
@@ -194,13 +193,14 @@ def reject_match(db: sqlite_utils.Database, model_id: int) -> tuple[int, set[str
                 ).fetchone()
                 if content is not None:
                     fields[name], sources[name] = content[0], "embedded"
-        _write_fields(db, model, fields, sources)
+        write_fields(db, model, fields, sources)
         db.conn.execute(
             "INSERT OR REPLACE INTO civitai_rejections (sha256, version_id, rejected_at) VALUES (?, ?, ?)",
             [model["hash_sha256"], version_id, iso(utc_now())],
         )
         _record(db, model["hash_sha256"], "rejected", None, version_id=version_id)
         db.conn.execute("DELETE FROM model_previews WHERE sha256 = ?", [model["hash_sha256"]])
+        forget_holders_digests(db, model_id)  # the nodes' next syncs refill what was cleared
     return version_id, cleared
 
 
@@ -210,14 +210,14 @@ def record_not_found(db: sqlite_utils.Database, sha256: str, recheck_days: float
         model = _model(db, sha256)
         changed: set[str] = set()
         if model is not None:
-            marks = {name: UNKNOWN for name in UNKNOWN_MARKED_FIELDS if model.get(name) is None}
+            marks = {name: UNKNOWN_MARK for name in UNKNOWN_MARKED_FIELDS if model.get(name) is None}
             merged = merge(
                 [MetadataContribution(SOURCE, marks)],
                 {k: model.get(k) for k in METADATA_FIELDS},
                 model.get("field_sources") or {},
                 model.get("overrides") or {},
             )
-            changed = _write_fields(db, model, merged.fields, merged.field_sources)
+            changed = write_fields(db, model, merged.fields, merged.field_sources)
         _record(db, sha256, "not_found", iso(utc_now() + timedelta(days=recheck_days)))
     return changed
 

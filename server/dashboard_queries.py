@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlite_utils
 
+from modelsync.shared.catalog import placeholders
 from modelsync.shared.records import LORA_TYPES, MODEL_TYPES
 
 from .errors import ApiError
@@ -46,9 +47,9 @@ def holders(db: sqlite_utils.Database, model_ids: list[int]) -> dict[int, list[s
     """model id -> the nodes listing a copy of it, by node id."""
     found: dict[int, list[str]] = {model_id: [] for model_id in model_ids}
     if model_ids:
-        marks = ",".join("?" * len(model_ids))
         for model_id, server_id in db.conn.execute(
-            f"SELECT DISTINCT model_id, server_id FROM model_server_availability WHERE model_id IN ({marks}) ORDER BY server_id",
+            f"""SELECT DISTINCT model_id, server_id FROM model_server_availability WHERE model_id IN ({placeholders(model_ids)})
+                ORDER BY server_id""",
             model_ids,
         ):
             found[model_id].append(server_id)

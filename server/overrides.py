@@ -6,7 +6,6 @@ override empties the field; the next sync of a node holding the model (or the ne
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import sqlite_utils
@@ -15,10 +14,10 @@ from modelsync.shared.catalog import write_transaction
 from modelsync.shared.metadata_merge import merge
 from modelsync.shared.records import BASES, MANUAL_SOURCE, METADATA_FIELDS, MODEL_TYPES
 
-from .civitai_state import metadata_source
+from .civitai_state import write_fields
 from .errors import ApiError
-from .queries import get_model
-from .registry import iso, utc_now
+from .queries import decode_json_columns, get_model
+from .sync import forget_holders_digests
 
 OVERRIDABLE = ("name", "type", "base", "trained_words")
 MAX_NAME = 255
@@ -57,18 +56,13 @@ def _valid(name: str, value: Any) -> Any:
     return words
 
 
-def _decoded(value: str | None) -> Any:
-    return json.loads(value) if value else None
-
-
 def apply_changes(db: sqlite_utils.Database, model_id: int, changes: dict[str, Any]) -> dict[str, Any]:
     """Set or clear overrides in one transaction; returns the model's overrides afterwards."""
     with write_transaction(db):
-        model = get_model(db, model_id)
-        overrides: dict[str, Any] = _decoded(model["overrides"]) or {}
-        sources: dict[str, str] = _decoded(model["field_sources"]) or {}
-        before = {name: _decoded(model[name]) if name == "trained_words" else model[name] for name in METADATA_FIELDS}
-        existing = dict(before)
+        model = decode_json_columns(get_model(db, model_id))
+        overrides: dict[str, Any] = dict(model.get("overrides") or {})
+        sources: dict[str, str] = dict(model.get("field_sources") or {})
+        existing = {name: model.get(name) for name in METADATA_FIELDS}
         for name, value in changes.items():
             if value is None:
                 overrides.pop(name, None)
@@ -78,27 +72,7 @@ def apply_changes(db: sqlite_utils.Database, model_id: int, changes: dict[str, A
             else:
                 overrides[name] = value
         merged = merge([], existing, sources, overrides)
-        row: dict[str, Any] = {name: merged.fields.get(name) for name in METADATA_FIELDS if merged.fields.get(name) != before[name]}
-        if row.get("trained_words") is not None:
-            row["trained_words"] = json.dumps(row["trained_words"], ensure_ascii=False)
-        row.update(
-            overrides=json.dumps(overrides, sort_keys=True, ensure_ascii=False) if overrides else None,
-            field_sources=json.dumps(merged.field_sources, sort_keys=True),
-            metadata_source=metadata_source(merged.field_sources, merged.fields),
-            updated_at=iso(utc_now()),
-        )
-        assignments = ", ".join(f"[{c}] = ?" for c in row)
-        db.conn.execute(f"UPDATE models SET {assignments} WHERE id = ?", [*row.values(), model_id])
+        write_fields(db, model, merged.fields, merged.field_sources, overrides)
         if any(value is None for value in changes.values()):
             forget_holders_digests(db, model_id)
     return overrides
-
-
-def forget_holders_digests(db: sqlite_utils.Database, model_id: int) -> None:
-    """The next sync of every node holding the model is applied in full (an identical re-send normally is not), so
-    fields emptied here are filled again from what the nodes report."""
-    db.conn.execute(
-        """UPDATE servers SET inventory_digest = NULL
-           WHERE id IN (SELECT DISTINCT server_id FROM model_server_availability WHERE model_id = ?)""",
-        [model_id],
-    )

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlite_utils
 
-from modelsync.shared.catalog import write_transaction
+from modelsync.shared.catalog import placeholders, write_transaction
 from modelsync.shared.hashing import hash_file
 from modelsync.shared.inventory import build_inventory
 from modelsync.shared.inventory_apply import apply_inventory
@@ -86,11 +86,10 @@ class OwnNode:
         return file_id
 
     def _hash_files(self, db: sqlite_utils.Database, roots: list[Root], file_ids: list[int]) -> list[dict[str, Any]]:
-        marks = ",".join("?" * len(file_ids))
         rows = {
             path: (file_id, embedded)
             for file_id, path, embedded in db.conn.execute(
-                f"SELECT id, path, embedded FROM model_server_availability WHERE server_id = ? AND id IN ({marks})",
+                f"SELECT id, path, embedded FROM model_server_availability WHERE server_id = ? AND id IN ({placeholders(file_ids)})",
                 [self.server_id, *file_ids],
             )
         }

@@ -15,7 +15,7 @@ from .auth import require_admin
 from .body import expect_object, read_json
 from .civitai_state import reject_match
 from .context import context
-from .overrides import apply_changes, forget_holders_digests, parse_changes
+from .overrides import apply_changes, parse_changes
 
 
 async def override_model(request: Request) -> JSONResponse:
@@ -77,10 +77,9 @@ async def reject_civitai_match(request: Request) -> JSONResponse:
     def work() -> dict[str, Any]:
         db = ctx.registry.db()
         version_id, cleared = reject_match(db, model_id)
-        ctx.previews.path(queries.get_model(db, model_id)["hash_sha256"]).unlink(missing_ok=True)
-        forget_holders_digests(db, model_id)
-        return {"model_id": model_id, "rejected_version_id": version_id, "cleared": sorted(cleared),
-                "model": queries.model_info(db, ctx.liveness, model_id)}
+        model = queries.model_info(db, ctx.liveness, model_id)
+        ctx.previews.path(model["hash_sha256"]).unlink(missing_ok=True)
+        return {"model_id": model_id, "rejected_version_id": version_id, "cleared": sorted(cleared), "model": model}
 
     return JSONResponse(await run_in_threadpool(work))
 

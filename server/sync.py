@@ -152,3 +152,13 @@ def answer_unchanged(db: sqlite_utils.Database, server_id: str, body: dict[str, 
     )
     return {"server_id": server_id, "added": 0, "updated": 0, "removed": 0, "unchanged": len(files), "new_models": 0,
             "last_sync": now, "enriched": _enriched(db, server_id, facts)}
+
+
+def forget_holders_digests(db: sqlite_utils.Database, model_id: int) -> None:
+    """The next sync of every node holding the model is applied in full (an identical re-send normally is not), so
+    fields emptied here are filled again from what the nodes report."""
+    db.conn.execute(
+        """UPDATE servers SET inventory_digest = NULL
+           WHERE id IN (SELECT DISTINCT server_id FROM model_server_availability WHERE model_id = ?)""",
+        [model_id],
+    )

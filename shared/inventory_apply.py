@@ -16,13 +16,12 @@ from typing import Any
 
 import sqlite_utils
 
-from .catalog import chunks, utc_now, write_transaction
+from .catalog import chunks, placeholders, utc_now, write_transaction
 from .inventory import Inventory, InventoryFile
-from .metadata_merge import contributions_from_flat, merge
+from .metadata_merge import contributions_from_flat, given_by_civitai, merge
 from .names import aliases, kind_of, local_name
 from .records import METADATA_FIELDS
 
-CIVITAI_SOURCES = frozenset({"civitai_json", "civitai_api"})
 
 _AVAILABILITY_ATTRS = (
     "model_id",
@@ -69,18 +68,17 @@ def _forge_format(rel_name: str) -> str:
 def _load_models(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, dict[str, Any]]:
     found: dict[str, dict[str, Any]] = {}
     for chunk in chunks(sha256s):
-        marks = ",".join("?" * len(chunk))
-        for row in db.query(f"SELECT * FROM models WHERE hash_sha256 IN ({marks})", chunk):
+        for row in db.query(f"SELECT * FROM models WHERE hash_sha256 IN ({placeholders(chunk)})", chunk):
             found[row["hash_sha256"]] = _decode_model_row(row)
     return found
 
 
-def _load_rejections(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, set[int]]:
+def load_rejections(db: sqlite_utils.Database, sha256s: list[str]) -> dict[str, set[int]]:
+    """SHA256 -> the Civitai versions an operator rejected for that model."""
     rejected: dict[str, set[int]] = {}
     for chunk in chunks(sha256s):
-        marks = ",".join("?" * len(chunk))
         for sha256, version_id in db.conn.execute(
-            f"SELECT sha256, version_id FROM civitai_rejections WHERE sha256 IN ({marks})", chunk
+            f"SELECT sha256, version_id FROM civitai_rejections WHERE sha256 IN ({placeholders(chunk)})", chunk
         ):
             rejected.setdefault(sha256, set()).add(version_id)
     return rejected
@@ -90,7 +88,7 @@ def _without_rejected_match(fields: dict[str, Any], sources: dict[str, str], rej
     """The fields less those a rejected Civitai match gave (its Civitai columns and whatever a Civitai source filled)."""
     if fields.get("civitai_version_id") not in rejected:
         return fields
-    return {k: v for k, v in fields.items() if not k.startswith("civitai_") and sources.get(k) not in CIVITAI_SOURCES}
+    return {k: v for k, v in fields.items() if not given_by_civitai(k, sources.get(k))}
 
 
 def _file_fields(f: InventoryFile, rejected: set[int]) -> dict[str, Any]:
@@ -184,7 +182,7 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
         }
         sha256s = sorted({f.sha256 for f in inventory.files if f.sha256})
         models = _load_models(db, sha256s)
-        rejections = _load_rejections(db, sha256s)
+        rejections = load_rejections(db, sha256s)
 
         new_model_rows: list[dict[str, Any]] = []
         changed_model_cols: dict[str, set[str]] = {}

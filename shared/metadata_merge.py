@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import MANUAL_SOURCE, METADATA_FIELDS, SOURCE_PRIORITY, MetadataContribution
+from .records import CIVITAI_SOURCES, MANUAL_SOURCE, METADATA_FIELDS, SOURCE_PRIORITY, UNKNOWN_MARK, MetadataContribution
 
 _RANK = {MANUAL_SOURCE: -1, **{source: i for i, source in enumerate(SOURCE_PRIORITY)}}
 
@@ -19,6 +19,18 @@ class MergeResult:
 
 def _rank(source: str) -> int:
     return _RANK.get(source, len(SOURCE_PRIORITY))
+
+
+def given_by_civitai(name: str, source: str | None) -> bool:
+    """Whether a Civitai match gave this field (what rejecting the match takes back)."""
+    return name.startswith("civitai_") or source in CIVITAI_SOURCES
+
+
+def metadata_source(sources: dict[str, str], fields: dict[str, Any]) -> str | None:
+    """The highest-priority source that gave a real value ("none" marks of an unknown-to-Civitai model do not
+    count)."""
+    real = {source for name, source in sources.items() if fields.get(name) not in (None, UNKNOWN_MARK)}
+    return min(real, key=_rank, default=None)
 
 
 def merge(
@@ -41,8 +53,7 @@ def merge(
                 sources[name] = contribution.source
     before = existing or {}
     changed = {name for name in METADATA_FIELDS if fields.get(name) != before.get(name)}
-    metadata_source = min(set(sources.values()), key=_rank, default=None)
-    return MergeResult(fields, sources, metadata_source, changed)
+    return MergeResult(fields, sources, metadata_source(sources, fields), changed)
 
 
 def contributions_from_flat(metadata: dict[str, Any], field_sources: dict[str, str]) -> list[MetadataContribution]:

@@ -62,6 +62,8 @@ BASES = (
 
 # Where a metadata field's value came from, highest priority first.
 SOURCE_PRIORITY = ("a1111", "civitai_json", "embedded", "civitai_api")
+CIVITAI_SOURCES = frozenset({"civitai_json", "civitai_api"})  # the sources a Civitai match gives
+UNKNOWN_MARK = "none"  # a Civitai field of a model Civitai does not know (asked, answered 404)
 MANUAL_SOURCE = "manual"  # operator overrides (server dashboard) beat every source
 
 
