@@ -28,7 +28,7 @@ from .errors import ApiError
 
 HERE = Path(__file__).parent
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "default-src 'self'; img-src 'self'; style-src 'self'; script-src 'self'; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 PAGE_SIZES = (25, 50, 100, 200)
@@ -39,11 +39,11 @@ def human_size(size: int | None) -> str:
     if size is None:
         return ""
     value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if value < 1024:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return ""
+    return f"{value:.1f} GB"
 
 
 def _environment() -> jinja2.Environment:
@@ -117,10 +117,8 @@ def nodes_page(request: Request) -> Response:
     ctx = context(request)
     db = ctx.registry.db()
     model_type = request.query_params.get("type") or "checkpoint"
-    page = request.query_params.get("page") or "1"
-    if not page.isdigit() or int(page) < 1:
-        raise ApiError(400, "page must be a positive integer", "page")
-    grid = dashboard_queries.matrix(db, ctx.liveness, model_type, int(page), request.query_params.get("incomplete") == "1")
+    page = queries.int_param(dict(request.query_params), "page", 1, 1, 10**9)
+    grid = dashboard_queries.matrix(db, ctx.liveness, model_type, page, request.query_params.get("incomplete") == "1")
     return _render(request, "nodes.html", title="Nodes", nav="nodes", matrix=grid, types=MODEL_TYPES)
 
 

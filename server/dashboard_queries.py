@@ -23,7 +23,6 @@ MATRIX_PAGE_SIZE = 50
 class MatrixRow:
     model_id: int
     label: str
-    filename: str | None
     held_by: set[str]
 
 
@@ -39,8 +38,7 @@ class Matrix:
 
 
 def node_choices(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    cursor = db.conn.execute("SELECT id, display_name FROM servers ORDER BY id")
-    return [{"id": sid, "display_name": name} for sid, name in cursor]
+    return [{"id": sid} for (sid,) in db.conn.execute("SELECT id FROM servers ORDER BY id")]
 
 
 def holders(db: sqlite_utils.Database, model_ids: list[int]) -> dict[int, list[str]]:
@@ -75,12 +73,12 @@ def matrix(db: sqlite_utils.Database, liveness: Liveness, model_type: str, page:
     result.total = db.conn.execute(f"SELECT COUNT(*) FROM models m WHERE {where}", args).fetchone()[0]
     result.pages = (result.total + MATRIX_PAGE_SIZE - 1) // MATRIX_PAGE_SIZE
     rows = db.conn.execute(
-        f"""SELECT m.id, COALESCE(m.name, m.filename, m.hash_autov2) AS label, m.filename FROM models m WHERE {where}
+        f"""SELECT m.id, COALESCE(m.name, m.filename, m.hash_autov2) AS label FROM models m WHERE {where}
             ORDER BY label COLLATE NOCASE, m.id LIMIT ? OFFSET ?""",
         [*args, MATRIX_PAGE_SIZE, (result.page - 1) * MATRIX_PAGE_SIZE],
     ).fetchall()
     held = holders(db, [r[0] for r in rows])
-    result.rows = [MatrixRow(model_id, label, filename, set(held[model_id])) for model_id, label, filename in rows]
+    result.rows = [MatrixRow(model_id, label, set(held[model_id])) for model_id, label in rows]
     return result
 
 

@@ -4,6 +4,7 @@ file with the admin token, the admin check, and the dashboard's HTTP side (CSP h
 from __future__ import annotations
 
 import hashlib
+import re
 
 import model_factory
 import pytest
@@ -66,6 +67,8 @@ def test_overrides_need_the_admin_token(one_model):
     assert patch(server, model_id, {"name": "x"}, headers={}).status_code == 401
     assert patch(server, model_id, {"name": "x"}, headers={"Authorization": f"Bearer {node_token}"}).status_code == 403
     assert server.post(f"/api/v1/models/{model_id}/civitai/reject").status_code == 401
+    assert server.post(f"/api/v1/models/{model_id}/civitai/reject",
+                       headers={"Authorization": f"Bearer {node_token}"}).status_code == 403
     assert patch(server, 424242, {"name": "x"}).status_code == 404
     assert server.get("/api/v1/admin/check").status_code == 401
     assert server.get("/api/v1/admin/check", headers={"Authorization": "Bearer nope"}).status_code == 403
@@ -215,6 +218,26 @@ def test_dashboard_pages_send_the_csp_and_answer_errors_in_html(one_model):
     assert server.get("/dashboard/models", params={"sort": "evil"}).status_code == 400
     assert server.get("/dashboard/nodes", params={"type": "rocket"}).status_code == 400
     assert server.get("/dashboard/nodes", params={"page": "0"}).status_code == 400
+    assert server.get("/dashboard/nodes", params={"page": "9" * 30}).status_code == 400
+
+
+def test_pages_escape_what_nodes_send_without_a_browser(central_server):
+    evil = "<script>alert('x')</script><b>bold</b>"
+    push_files(central_server, "n-evil", [lora("evil", "evil.safetensors", {"name": evil}, {"name": "a1111"})])
+    model_id = next(m["id"] for m in central_server.get("/api/v1/models").json()["models"] if m["name"] == evil)
+    for path in ("/dashboard/models", f"/dashboard/models/{model_id}", "/dashboard/nodes?type=lora"):
+        page = central_server.get(path).text
+        assert "&lt;script&gt;alert(" in page and "<b>bold</b>" not in page and "<script>alert(" not in page, path
+
+
+def test_the_matrix_pages_through_more_models_than_one_page(make_server):
+    server = make_server()
+    files = [lora(f"matrix-{i}", f"matrix/{i:03d}.safetensors", {"name": f"matrix {i:03d}"}, {"name": "a1111"})
+             for i in range(60)]
+    push_files(server, "n-matrix", files)
+    pages = [sorted(set(re.findall(r"matrix \d{3}", server.get("/dashboard/nodes", params={"type": "lora", "page": page}).text)))
+             for page in (1, 2)]
+    assert [len(p) for p in pages] == [50, 10] and pages[0] + pages[1] == [f"matrix {i:03d}" for i in range(60)]
 
 
 def test_openapi_describes_the_new_endpoints_and_the_schema_is_current(central_server):

@@ -9,10 +9,10 @@ const ModelSync = (() => {
     return sessionStorage.getItem(TOKEN_KEY);
   }
 
-  async function api(method, path, body, admin = false) {
+  async function request(method, path, body, token) {
     const headers = {};
     if (body !== undefined) headers["Content-Type"] = "application/json";
-    if (admin && adminToken()) headers["Authorization"] = "Bearer " + adminToken();
+    if (token) headers["Authorization"] = "Bearer " + token;
     let response;
     try {
       response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
@@ -26,8 +26,13 @@ const ModelSync = (() => {
       data = null;
     }
     const error = response.ok ? null : (data && data.error ? data.error : "HTTP " + response.status);
-    if (response.status === 401 || response.status === 403) showAdmin(adminToken() !== null, error);
     return { ok: response.ok, status: response.status, data, error };
+  }
+
+  async function api(method, path, body, admin = false) {
+    const result = await request(method, path, body, admin ? adminToken() : null);
+    if (result.status === 401 || result.status === 403) showAdmin(adminToken() !== null, result.error);
+    return result;
   }
 
   function el(tag, props = {}, ...children) {
@@ -77,11 +82,9 @@ const ModelSync = (() => {
       say("admin-message", "enter the admin token", "error");
       return;
     }
-    const response = await fetch("/api/v1/admin/check", { headers: { Authorization: "Bearer " + token } });
-    if (!response.ok) {
-      let error = "HTTP " + response.status;
-      try { error = (await response.json()).error || error; } catch (err) { /* not JSON */ }
-      say("admin-message", error, "error");
+    const check = await request("GET", "/api/v1/admin/check", undefined, token);
+    if (!check.ok) {
+      say("admin-message", check.error, "error");
       return;
     }
     sessionStorage.setItem(TOKEN_KEY, token);
@@ -101,5 +104,5 @@ const ModelSync = (() => {
     showAdmin(adminToken() !== null);
   });
 
-  return { api, el, say, refreshRegion, adminToken };
+  return { api, el, say, refreshRegion };
 })();
