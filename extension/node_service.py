@@ -74,6 +74,7 @@ class NodeService:
         self._state_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tab_scan: threading.Thread | None = None
         self._client: ServerClient | None = None
         self._client_key: tuple[str, str, str] | None = None
         self._pending: Inventory | None = None  # the inventory still to be pushed
@@ -87,13 +88,20 @@ class NodeService:
     # scanning: the tab's button
 
     def start_scan(self, calculate_hashes: bool) -> bool:
-        """Scan and push in a background thread; False when a scan is already running (the tab follows that one)."""
+        """Scan and push in a thread of its own (after any scan or push under way); False when the tab's last
+        scan has not ended yet (the tab follows that one)."""
         with self._state_lock:
-            if self.scan_state.running:
+            if self.tab_scan_running():
                 return False
             self.scan_state = ScanState(running=True, calculate_hashes=calculate_hashes)
-        threading.Thread(target=self.scan_and_push, args=(calculate_hashes,), name="modelsync-scan", daemon=True).start()
+            self._tab_scan = threading.Thread(target=self.scan_and_push, args=(calculate_hashes,), name="modelsync-scan",
+                                              daemon=True)
+            self._tab_scan.start()
         return True
+
+    def tab_scan_running(self) -> bool:
+        """Whether the scan the tab started (and its push) is still to end, even while it waits for another."""
+        return self._tab_scan is not None and self._tab_scan.is_alive()
 
     def scan_and_push(self, calculate_hashes: bool) -> ScanReport | None:
         """Scan the host's roots now, then push the inventory at once when a server is set; the scan state

@@ -60,7 +60,7 @@ class TabActions:
 
     def follow_scan(self) -> Iterator[tuple[dict[str, Any], str, str]]:
         """Yields (button, progress, report) until the running scan and its push end, then the final report."""
-        while self.service.scan_state.running:
+        while self.service.tab_scan_running():
             state = self.service.scan_state
             yield gr.update(value=self.scanning_label(state.calculate_hashes), interactive=False), progress_text(state), ""
             time.sleep(POLL_SECONDS)

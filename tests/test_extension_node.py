@@ -19,8 +19,10 @@ from PIL import Image
 from modelsync.extension import forge_callbacks
 from modelsync.extension.host_paths import host_roots
 from modelsync.extension.settings import SECTION, read_settings
-from modelsync.extension.tab import IDLE_LABEL, TABLE_HEADERS, TabActions
+from modelsync.extension.node_service import ScanState
+from modelsync.extension.tab import IDLE_LABEL, TABLE_HEADERS, TabActions, progress_text
 from modelsync.extension.thumbnails import THUMBNAIL_PIXELS
+from modelsync.shared.scanner import ScanProgress
 from support_forge_host import forge_host, run_script
 from support_server import central_server  # noqa: F401  (fixture)
 
@@ -218,3 +220,30 @@ def test_our_modules_win_over_other_extensions_top_level_packages(tmp_path):
     env["PYTHONPATH"] = str(REPO / "tests")
     result = subprocess.run([sys.executable, "-c", program], check=False, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_tab_follows_its_own_scan_while_another_one_ends(host):
+    files = write_models(Path(host.modules["modules.paths"].data_path))
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.opts.modelsync_push_on_startup = False
+    host.start_app(None, None)
+    service = forge_callbacks.service()
+    actions = TabActions(service)
+    with service._busy:  # another scan or push is under way: the tab's scan waits for it
+        actions.start_scan(False)
+        updates = actions.follow_scan()
+        button, progress, _ = next(updates)
+        assert button["interactive"] is False and progress == "Starting..."
+        service.scan_state = ScanState(report=None)  # what that other scan leaves when it ends
+        button, _, _ = next(updates)
+        assert button["interactive"] is False  # still the tab's scan to come
+    *_, (button, _, report) = updates
+    assert button["interactive"] is True and f"Found {len(files)} model files" in report
+
+
+def test_progress_shows_files_bytes_and_eta():
+    progress = ScanProgress(phase="hashing", files_done=3, files_total=10, bytes_done=3 * 1024**3,
+                            bytes_total=10 * 1024**3, eta_seconds=42.4)
+    assert progress_text(ScanState(running=True, progress=progress)) == \
+        "hashing: 3/10 files, 3.0 GB / 10.0 GB, about 42 s left"
+    assert progress_text(ScanState(running=True, progress=progress, pushing=True)).startswith("Pushing")
