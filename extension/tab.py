@@ -9,6 +9,7 @@ from typing import Any
 import gradio as gr
 
 from ..shared.catalog import migrate, open_catalog
+from ..shared.units import human_size
 from .node_service import NodeService, ScanState
 from .thumbnails import thumbnail_markdown
 
@@ -17,15 +18,6 @@ TABLE_TYPES = ["markdown"] + ["str"] * (len(TABLE_HEADERS) - 1)
 ALL_TYPES = "All"
 POLL_SECONDS = 0.5
 IDLE_LABEL = "Scan for New Models"
-
-
-def _size(num: int | None) -> str:
-    value = float(num or 0)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
 
 
 def progress_text(state: ScanState) -> str:
@@ -37,7 +29,7 @@ def progress_text(state: ScanState) -> str:
     eta = f", about {progress.eta_seconds:.0f} s left" if progress.eta_seconds is not None else ""
     return (
         f"{progress.phase}: {progress.files_done}/{progress.files_total} files, "
-        f"{_size(progress.bytes_done)} / {_size(progress.bytes_total)}{eta}"
+        f"{human_size(progress.bytes_done)} / {human_size(progress.bytes_total)}{eta}"
     )
 
 
@@ -122,7 +114,7 @@ class TabActions:
                 continue
             fleet = str(self.counts.get(r["hash_sha256"], 0)) if self.counts is not None and r["hash_sha256"] else ""
             rows.append([thumbnail_markdown(r["path"]), name, model_type, r["base"] or r["content_base"] or "",
-                         r["hash_autov2"] or "", _size(r["size"]), r["metadata_source"] or "", fleet, r["path"]])
+                         r["hash_autov2"] or "", human_size(r["size"]), r["metadata_source"] or "", fleet, r["path"]])
         return rows
 
     def refresh_table(self, type_filter: str = ALL_TYPES, text: str = "") -> tuple[list[list[Any]], dict[str, Any], str]:

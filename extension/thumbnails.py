@@ -3,9 +3,9 @@ markdown cell, and neither needs the file to be inside its allowed paths."""
 from __future__ import annotations
 
 import base64
-import io
 import os
 
+from ..shared.images import ImageError, shrink_to_jpeg
 from ..shared.push_client import preview_path
 
 THUMBNAIL_PIXELS = 64
@@ -28,13 +28,8 @@ def thumbnail_markdown(model_path: str) -> str:
 
 
 def _render(path: str) -> str:
-    from PIL import Image  # the host always has Pillow (gradio needs it)
-
     try:
-        with Image.open(path) as image:
-            image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS))
-            buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, "JPEG", quality=80)
-    except (OSError, ValueError, Image.DecompressionBombError):
+        data, _size = shrink_to_jpeg(path, THUMBNAIL_PIXELS, quality=80)
+    except ImageError:
         return ""
-    return f"![preview](data:image/jpeg;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return f"![preview](data:image/jpeg;base64,{base64.b64encode(data).decode()})"

@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelsync.shared.job_requirements import FORMATS as JOB_FORMATS
 from modelsync.shared.records import BASES, METADATA_FIELDS, MODEL_TYPES
+from modelsync.shared.units import human_size
 
 from . import dashboard_queries, queries
 from .context import context
@@ -33,17 +34,6 @@ CONTENT_SECURITY_POLICY = (
 )
 PAGE_SIZES = (25, 50, 100, 200)
 CIVITAI_SITE = "https://civitai.com"
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return ""
-    value = float(size)
-    for unit in ("B", "KB", "MB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GB"
 
 
 def _environment() -> jinja2.Environment:

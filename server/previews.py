@@ -1,11 +1,11 @@
 """Central preview images: one JPEG per SHA256 in CONFIG_DATA_PATH/previews, written once, atomically."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelsync.shared.atomic_write import write_atomic
+from modelsync.shared.images import ImageError, shrink_to_jpeg
 
 
 class PreviewError(ValueError):
@@ -30,23 +30,14 @@ class PreviewStore:
 
     def store(self, sha256: str, data: bytes) -> StoredPreview:
         """Decode any still image Pillow reads (first frame of an animation), shrink it, keep it as JPEG."""
-        from PIL import Image, UnidentifiedImageError  # loaded on first preview, not at start-up
-
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.seek(0)
-                image.load()
-                image.thumbnail((self.max_side, self.max_side))
-                rgb = image.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise PreviewError(f"not a readable image: {exc}") from None
-        buffer = io.BytesIO()
-        rgb.save(buffer, "JPEG", quality=88, optimize=True)
-        encoded = buffer.getvalue()
+            encoded, (width, height) = shrink_to_jpeg(data, self.max_side, quality=88)
+        except ImageError as exc:
+            raise PreviewError(str(exc)) from None
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.path(sha256)
         write_atomic(target, encoded)
-        return StoredPreview(target, rgb.width, rgb.height, len(encoded))
+        return StoredPreview(target, width, height, len(encoded))
 
     def clear(self) -> None:
         if self.folder.is_dir():
