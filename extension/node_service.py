@@ -248,10 +248,10 @@ class NodeService:
             if self._stop.wait(delay):
                 return
 
-    def tick(self, now: float | None = None) -> float:
-        """Do what is due at `now` (service clock): a re-scan, a push retry, a heartbeat; return the seconds
-        until the next thing is due. Settings are read each time, so changes apply without a restart."""
-        now = self._clock() if now is None else now
+    def tick(self) -> float:
+        """Do what is due now (service clock): a re-scan, a push retry, a heartbeat; return the seconds until the
+        next thing is due. Settings are read each time, so changes apply without a restart."""
+        now = self._clock()
         settings = self._settings()
         plan = self.schedule
         rescan = settings.rescan_minutes * 60
@@ -310,7 +310,9 @@ class NodeService:
         if status.last_heartbeat is not None:
             parts.append(f"last heartbeat {_clock_time(status.last_heartbeat)}")
         if self._pending is not None and status.next_retry is not None:
-            parts.append(f"push attempt {status.attempts} failed, next try at {_clock_time(status.next_retry)}")
+            failures = self.schedule.failures
+            parts.append(f"push failed {failures} time{'s' if failures != 1 else ''} in a row, next try at "
+                         f"{_clock_time(status.next_retry)}")
         return "; ".join(parts) + "."
 
 

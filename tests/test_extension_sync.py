@@ -1,6 +1,6 @@
 """The extension's node service against the real central server: push back-off, heartbeats, timed re-scans,
 fleet counts over several pages, and previews the server holds written beside the node's models.
-Time is the test's own clock: `tick(now)` does what is due at `now`, nothing waits on a timer."""
+Time is the test's own clock: `tick_at(now)` does what is due at `now`, nothing waits on a timer."""
 import hashlib
 import socket
 import time
@@ -42,6 +42,12 @@ def node(tmp_path: Path, settings: NodeSettings, clock: Clock, retry_delays: tup
                        retry_delays=retry_delays, clock=clock)
 
 
+def tick_at(service: NodeService, clock: Clock, now: float) -> float:
+    """What the background thread does when it wakes at `now`."""
+    clock.now = now
+    return service.tick()
+
+
 def server_entry(server, node_id: str) -> dict:
     return next(s for s in server.get("/api/v1/servers").json()["servers"] if s["id"] == node_id)
 
@@ -57,15 +63,16 @@ def test_an_unreachable_server_is_retried_with_back_off_then_heartbeats_follow(t
     assert service.push_status.attempts == 1 and service.push_status.reachable is False
     assert service.schedule.push_at == start + 5
     assert "unreachable" in service.status_line() and "next try at" in service.status_line()
+    assert "push failed 1 time in a row" in service.status_line()
 
-    assert service.tick(start + 1) == 4  # not due yet: nothing tried
+    assert tick_at(service, clock, start + 1) == 4  # not due yet: nothing tried
     assert service.push_status.attempts == 1
-    assert service.tick(start + 5) == 15  # 2nd failure: the next delay
-    assert service.tick(start + 20) == 15  # further failures keep the last delay
+    assert tick_at(service, clock, start + 5) == 15  # 2nd failure: the next delay
+    assert tick_at(service, clock, start + 20) == 15  # further failures keep the last delay
     assert service.push_status.attempts == 3 and service.schedule.failures == 3
 
     settings.server_url = central_server.base_url  # the server is back (settings are read on every round)
-    assert service.tick(start + 35) == 30  # pushed; the next thing due is the heartbeat
+    assert tick_at(service, clock, start + 35) == 30  # pushed; the next thing due is the heartbeat
     assert service.push_status.attempts == 4 and service.push_status.reachable is True
     assert service.schedule.failures == 0 and service.schedule.push_at is None
     entry = server_entry(central_server, "gpu-09")
@@ -73,15 +80,15 @@ def test_an_unreachable_server_is_retried_with_back_off_then_heartbeats_follow(t
     status = service.status_line()
     assert "reachable" in status and "added 1" in status and "unreachable" not in status and "next try" not in status
 
-    assert service.tick(start + 64) == 1  # heartbeat not due yet
+    assert tick_at(service, clock, start + 64) == 1  # heartbeat not due yet
     assert server_entry(central_server, "gpu-09")["last_heartbeat"] is None
-    assert service.tick(start + 65) == 30
+    assert tick_at(service, clock, start + 65) == 30
     assert server_entry(central_server, "gpu-09")["last_heartbeat"] is not None
     assert service.push_status.last_heartbeat is not None and "last heartbeat" in service.status_line()
     assert service.push_status.attempts == 4  # a heartbeat is no push
 
     settings.heartbeat_seconds = 0  # heartbeats off: nothing is planned any more
-    assert service.tick(start + 95) == 60 and service.schedule.heartbeat_at is None
+    assert tick_at(service, clock, start + 95) == 60 and service.schedule.heartbeat_at is None
 
 
 def test_the_re_scan_interval_scans_and_pushes_on_time_and_is_off_by_default(tmp_path, central_server):  # noqa: F811
@@ -92,22 +99,22 @@ def test_the_re_scan_interval_scans_and_pushes_on_time_and_is_off_by_default(tmp
     service = node(tmp_path, settings, clock)
     start = clock.now
     service.scan_and_push(calculate_hashes=True)
-    assert service.tick(start) == 60 and service.schedule.scan_at is None  # off: no scan planned
+    assert tick_at(service, clock, start) == 60 and service.schedule.scan_at is None  # off: no scan planned
 
     settings.rescan_minutes = 2
-    assert service.tick(start) == 60  # idle check first; the re-scan is planned 120 s ahead
+    assert tick_at(service, clock, start) == 60  # idle check first; the re-scan is planned 120 s ahead
     assert service.schedule.scan_at == start + 120
     second = model_factory.write_lora(tmp_path / "models" / "Lora" / "second.safetensors", base="sdxl")
-    assert service.tick(start + 119) == 1
+    assert tick_at(service, clock, start + 119) == 1
     assert server_entry(central_server, "gpu-10")["file_count"] == 1
-    assert service.tick(start + 120) == 60
+    assert tick_at(service, clock, start + 120) == 60
     assert service.schedule.scan_at == start + 240
     assert service.scan_state.report.stats.added == 1 and service.scan_state.report.stats.hashesCalculated == 1
     hashes = {m["sha256"] for m in central_server.get("/api/v1/models", params={"server": "gpu-10"}).json()["models"]}
     assert hashes == {hashlib.sha256(p.read_bytes()).hexdigest() for p in (first, second)}
 
     settings.rescan_minutes = 0
-    service.tick(start + 130)
+    tick_at(service, clock, start + 130)
     assert service.schedule.scan_at is None
 
 
