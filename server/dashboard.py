@@ -19,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from modelsync.shared.catalog import read_snapshot
 from modelsync.shared.job_requirements import FORMATS as JOB_FORMATS
 from modelsync.shared.records import BASES, METADATA_FIELDS, MODEL_TYPES
 from modelsync.shared.units import human_size
@@ -82,8 +83,9 @@ def models_page(request: Request) -> Response:
     db = ctx.registry.db()
     params = dict(request.query_params)
     params.setdefault("limit", "50")
-    listing = queries.list_models(db, ctx.liveness, params)
-    held = dashboard_queries.holders(db, [m["id"] for m in listing["models"]])
+    with read_snapshot(db):  # the rows and their nodes from one state
+        listing = queries.list_models(db, ctx.liveness, params)
+        held = dashboard_queries.holders(db, [m["id"] for m in listing["models"]])
     return _render(
         request, "models.html", title="Models", nav="models", listing=listing, held=held, params=params,
         types=MODEL_TYPES, bases=BASES, nodes=dashboard_queries.node_choices(db), page_sizes=PAGE_SIZES,
@@ -108,7 +110,8 @@ def nodes_page(request: Request) -> Response:
     db = ctx.registry.db()
     model_type = request.query_params.get("type") or "checkpoint"
     page = queries.int_param(dict(request.query_params), "page", 1, 1, 10**9)
-    grid = dashboard_queries.matrix(db, ctx.liveness, model_type, page, request.query_params.get("incomplete") == "1")
+    with read_snapshot(db):
+        grid = dashboard_queries.matrix(db, ctx.liveness, model_type, page, request.query_params.get("incomplete") == "1")
     return _render(request, "nodes.html", title="Nodes", nav="nodes", matrix=grid, types=MODEL_TYPES)
 
 

@@ -65,7 +65,7 @@ def matrix(db: sqlite_utils.Database, liveness: Liveness, model_type: str, page:
     types = _types(model_type)
     nodes = list_servers(db, liveness)
     result = Matrix(model_type, incomplete_only, nodes, page=max(page, 1))
-    where = f"m.type IN ({','.join('?' * len(types))})"
+    where = f"m.type IN ({placeholders(types)})"
     args: list[Any] = list(types)
     if incomplete_only:
         where += " AND (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a WHERE a.model_id = m.id) < ?"
