@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from modelsync.shared.inventory import InventoryError
+from modelsync.shared.job_requirements import JobFormatError
 
 
 class ApiError(Exception):
@@ -31,6 +32,11 @@ async def _inventory_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(400, exc.message, exc.field)
 
 
+async def _job_format_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, JobFormatError)
+    return error_response(400, exc.message, exc.field)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return error_response(exc.status_code, str(exc.detail), None, exc.headers)
@@ -44,6 +50,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 EXCEPTION_HANDLERS = {
     ApiError: _api_error,
     InventoryError: _inventory_error,
+    JobFormatError: _job_format_error,
     HTTPException: _http_error,
     Exception: _unexpected,
 }

@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from modelsync.shared.catalog import read_snapshot
 from modelsync.shared.inventory import valid_server_id
-from modelsync.shared.job_requirements import JobFormatError, ModelReference, ParsedJob, extract, parse_hash, parse_kind
+from modelsync.shared.job_requirements import ModelReference, ParsedJob, extract, parse_hash, parse_kind
 from modelsync.shared.job_resolver import (
     NodeInfo,
     Resolution,
@@ -58,11 +58,7 @@ async def _read_job(request: Request, ctx: ServerContext) -> tuple[ParsedJob, bo
     if not isinstance(record, bool):
         raise ApiError(400, "record must be true or false", "record")
     fmt = body.get("format", "auto")
-    try:
-        parsed = extract(body["job"], fmt if isinstance(fmt, str) else "", known_embeddings(ctx.registry.db()))
-    except JobFormatError as exc:
-        raise ApiError(400, exc.message, exc.field) from None
-    return parsed, record
+    return extract(body["job"], fmt if isinstance(fmt, str) else "", known_embeddings(ctx.registry.db())), record
 
 
 def _after(ctx: ServerContext, write: Callable[..., int], *args: Any) -> BackgroundTask:
@@ -158,19 +154,16 @@ async def checkpoint_verify(request: Request) -> JSONResponse:
     version, hash_value = body.get("civitai_version_id"), body.get("hash")
     if version is None and hash_value is None:
         raise ApiError(400, "give civitai_version_id or hash", "civitai_version_id")
-    try:
-        kind = parse_kind(body.get("type", "checkpoint"), "type")
-        if version is not None and (isinstance(version, int) and not isinstance(version, bool) and version > 0
-                                    or isinstance(version, str) and version.strip().isdigit()):
-            provided, reference = version, ModelReference(kind, civitai_version_id=int(version))
-            interpreted_as = "civitai_version_id"
-        else:
-            name = "hash" if hash_value is not None else "civitai_version_id"
-            provided = hash_value if hash_value is not None else version
-            reference = ModelReference(kind, hashes=(parse_hash(provided, "any", name),))
-            interpreted_as = "hash"
-    except JobFormatError as exc:
-        raise ApiError(400, exc.message, exc.field) from None
+    kind = parse_kind(body.get("type", "checkpoint"), "type")
+    if version is not None and (isinstance(version, int) and not isinstance(version, bool) and version > 0
+                                or isinstance(version, str) and version.strip().isdigit()):
+        provided, reference = version, ModelReference(kind, civitai_version_id=int(version))
+        interpreted_as = "civitai_version_id"
+    else:
+        name = "hash" if hash_value is not None else "civitai_version_id"
+        provided = hash_value if hash_value is not None else version
+        reference = ModelReference(kind, hashes=(parse_hash(provided, "any", name),))
+        interpreted_as = "hash"
     db = ctx.registry.db()
     with read_snapshot(db):
         return JSONResponse(verify(db, _nodes(ctx), reference, provided, interpreted_as))
@@ -190,10 +183,7 @@ def wanted(request: Request) -> JSONResponse:
     """
     ctx = context(request)
     params = request.query_params
-    try:
-        kind = parse_kind(params["kind"], "kind") if params.get("kind") else None
-    except JobFormatError as exc:
-        raise ApiError(400, exc.message, exc.field) from None
+    kind = parse_kind(params["kind"], "kind") if params.get("kind") else None
     missing_only = (params.get("missing_only") or "true").lower()
     if missing_only not in ("true", "false", "1", "0", "yes", "no"):
         raise ApiError(400, "missing_only must be true or false", "missing_only")

@@ -203,6 +203,10 @@ def test_not_json_and_unknown_nodes(fleet):
     assert (r.status_code, r.json()["field"]) == (404, "server_id")
     r = fleet.server.post("/api/v1/servers/bad id!/dispatch-check", json={"job": {"prompt": "x"}})
     assert (r.status_code, r.json()["field"]) == (400, "server_id")
+    for params, field in (({"kind": "rocket"}, "kind"), ({"limit": "0"}, "limit"), ({"missing_only": "maybe"}, "missing_only")):
+        r = fleet.server.get("/api/v1/models/wanted", params=params)
+        assert (r.status_code, r.json()["field"]) == (400, field)
+    assert fleet.server.get("/api/v1/models/wanted", params={"kind": "lycoris"}).status_code == 200  # a synonym of lora
 
 
 def test_infotext_and_stablequeue_jobs_are_rewritten_for_the_node(fleet):
