@@ -32,7 +32,7 @@ from .job_requirements import (
     Requirement,
     rewrite,
 )
-from .names import aliases, kind_of, normalise_name, stem
+from .names import aliases, kind_of, normalise_name, stem, strip_extension
 
 ACTIONS = ("retry_later", "route_elsewhere", "fail")
 LAST_USED_GRANULARITY_SECONDS = 60  # an approved dispatch writes last_used at most once a minute per model
@@ -436,16 +436,27 @@ def mark_pending(db: sqlite_utils.Database, resolutions: list[Resolution], serve
     if not wanted:
         return
     listed: dict[str, dict[str, set[str]]] = {}  # normalised name -> node -> kinds
-    rows = db.conn.execute(
-        "SELECT server_id, rel_name, role, content_type FROM model_server_availability WHERE model_id IS NULL"
-    ).fetchall()
-    for node, rel_name, role, content_type in rows:
+    sql = "SELECT server_id, rel_name, role, content_type FROM model_server_availability WHERE model_id IS NULL"
+    tails = {_name_tail(r.reference.name or "") for r in wanted}
+    if all(tail.isascii() and tail for tail in tails):  # SQLite's LIKE folds ASCII case only (no ß -> ss)
+        sql += " AND (" + " OR ".join(["rel_name LIKE ? ESCAPE '\\'"] * len(tails)) + ")"
+        patterns = ["%" + re.sub(r"([%\\])", r"\\\1", tail) + "%" for tail in sorted(tails)]
+    else:
+        patterns = []
+    for node, rel_name, role, content_type in db.conn.execute(sql, patterns):
         kind = kind_of(role, content_type)
         for _, alias in aliases(rel_name, kind):
             listed.setdefault(alias, {}).setdefault(node, set()).add(kind)
     for res in wanted:
         nodes = listed.get(normalise_name(res.reference.name or ""), {})
         res.pending_on = sorted(n for n, kinds in nodes.items() if kinds & KINDS[res.reference.kind])
+
+
+def _name_tail(name: str) -> str:
+    """What follows the last '/' or '_' of a name without its extension. Every file the name can denote (as its
+    relative name, stem, file name or model_name) has this in its relative name: the stem is a suffix of the name
+    that starts after a separator."""
+    return re.split(r"[/\\_]", strip_extension(name.strip().replace("\\", "/")))[-1]
 
 
 # --- embeddings the registry knows (cached per connection until the set may have changed) ----------------------

@@ -188,6 +188,17 @@ def test_a_file_listed_but_not_hashed_yet_is_on_its_way(fleet):
     assert record_wanted(fleet.db, resolutions) == 0  # on its way: not counted as wanted
 
 
+def test_files_on_their_way_are_found_by_every_name_a1111_gives_them(fleet):
+    fleet.windows.add("Lora", "sub/My_Style.v2.safetensors")
+    fleet.windows.add("Stable-diffusion", "xl/Fresh_Base.safetensors", model_factory.write_checkpoint, base="sdxl")
+    fleet.sync(fleet.windows, calculate_hashes=False)
+    job = {"prompt": "<lora:my_style.v2:1> <lora:SUB/MY_STYLE.V2:1>",
+           "override_settings": {"sd_model_checkpoint": "xl_Fresh_Base"}}  # stem; relative stem; A1111's model_name
+    _, resolutions = fleet.job(job)
+    mark_pending(fleet.db, resolutions, "gpu-linux")
+    assert [(r.status, r.pending_on) for r in resolutions] == [("unknown", ["gpu-win"])] * 3
+
+
 def test_availability_and_dispatch_answers(fleet):
     job = {"prompt": "<lora:hero_v1:0.8> <lora:ink:0.4> easynegative",
            "override_settings": {"sd_model_checkpoint": "sdxl/base.safetensors"}}
