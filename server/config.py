@@ -8,6 +8,7 @@ from typing import Mapping
 
 DEFAULT_CIVITAI_IMAGE_HOSTS = ("image.civitai.com", "imagecache.civitai.com")
 REGISTRATION_MODES = ("loopback", "open", "closed")
+NAME_CONFLICT_MODES = ("per-node", "strict")
 
 
 class ConfigError(ValueError):
@@ -38,6 +39,17 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {text!r}")
 
 
+def _words(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").split(",") if part.strip())
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def _model_roots(text: str | None) -> list[Path]:
     return [Path(part) for part in (text or "").split(os.pathsep) if part.strip()]
 
@@ -51,6 +63,12 @@ class ServerConfig:
     admin_token: str | None = None  # None: read or generate CONFIG_DATA_PATH/admin_token
     # who may register a new node on first contact: loopback clients only, anyone, or nobody (admin issues tokens)
     registration: str = "loopback"
+    # addresses (or CIDR networks) whose X-Forwarded-For / X-Forwarded-Proto are believed; none by default
+    trusted_proxies: tuple[str, ...] = ()
+    # when set, the job checks need it (or the admin token): strangers cannot inflate the most-wanted list
+    queue_token: str | None = None
+    # a name that means different content on different nodes: resolved per node (default) or ambiguous everywhere
+    name_conflicts: str = "per-node"
     offline_after_seconds: float = 300.0
     max_request_bytes: int = 64 * 1024 * 1024
     max_decompressed_bytes: int = 512 * 1024 * 1024
@@ -87,9 +105,6 @@ class ServerConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ServerConfig":
         env = os.environ if env is None else env
-        registration = (env.get("MODELSYNC_REGISTRATION") or "loopback").strip().lower()
-        if registration not in REGISTRATION_MODES:
-            raise ConfigError(f"MODELSYNC_REGISTRATION must be one of {', '.join(REGISTRATION_MODES)}, got {registration!r}")
         hosts = env.get("CIVITAI_IMAGE_HOSTS")
         image_hosts = tuple(h.strip().lower() for h in hosts.split(",") if h.strip()) if hosts else DEFAULT_CIVITAI_IMAGE_HOSTS
         defaults = cls()
@@ -98,7 +113,10 @@ class ServerConfig:
             model_paths=_model_roots(env.get("MODEL_PATH")),
             own_server_id=env.get("MODELSYNC_SERVER_ID") or defaults.own_server_id,
             admin_token=env.get("MODELSYNC_ADMIN_TOKEN") or None,
-            registration=registration,
+            registration=_choice(env, "MODELSYNC_REGISTRATION", REGISTRATION_MODES, defaults.registration),
+            trusted_proxies=_words(env.get("MODELSYNC_TRUSTED_PROXIES")),
+            queue_token=env.get("MODELSYNC_QUEUE_TOKEN") or None,
+            name_conflicts=_choice(env, "MODELSYNC_NAME_CONFLICTS", NAME_CONFLICT_MODES, defaults.name_conflicts),
             offline_after_seconds=_number(env, "MODELSYNC_OFFLINE_AFTER", defaults.offline_after_seconds),
             max_request_bytes=int(_number(env, "MODELSYNC_MAX_REQUEST_BYTES", defaults.max_request_bytes)),
             max_decompressed_bytes=int(_number(env, "MODELSYNC_MAX_DECOMPRESSED_BYTES", defaults.max_decompressed_bytes)),
