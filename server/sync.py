@@ -126,15 +126,18 @@ def _record_sync(db: sqlite_utils.Database, server_id: str, summary: dict[str, A
 
 
 def sync_inventory(db: sqlite_utils.Database, inventory: Inventory, digest: str) -> dict[str, Any]:
-    """Apply the snapshot (one transaction, by the shared apply), then record the node's sync and answer."""
-    applied = apply_inventory(db, inventory)
-    files, models, unhashed = db.conn.execute(
-        "SELECT COUNT(*), COUNT(DISTINCT model_id), SUM(model_id IS NULL) FROM model_server_availability WHERE server_id = ?",
-        [inventory.server_id],
-    ).fetchone()
-    counts = {"added": applied.added, "updated": applied.updated, "removed": applied.removed, "unchanged": applied.unchanged}
-    now = _record_sync(db, inventory.server_id, {**counts, "files": files, "models": models, "unhashed": unhashed or 0},
-                       digest, inventory)
+    """Apply the snapshot and record the sync with the inventory's digest in ONE transaction: a crash between the
+    two must not leave new files under an old digest (a re-send of the old inventory would then be answered
+    "unchanged" and never applied)."""
+    with write_transaction(db):
+        applied = apply_inventory(db, inventory)
+        files, models, unhashed = db.conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT model_id), SUM(model_id IS NULL) FROM model_server_availability WHERE server_id = ?",
+            [inventory.server_id],
+        ).fetchone()
+        counts = {"added": applied.added, "updated": applied.updated, "removed": applied.removed, "unchanged": applied.unchanged}
+        now = _record_sync(db, inventory.server_id, {**counts, "files": files, "models": models, "unhashed": unhashed or 0},
+                           digest, inventory)
     if applied.added or applied.updated or applied.removed:
         log.info("sync %s: %d added, %d updated, %d removed, %d unchanged", inventory.server_id, *counts.values())
     facts = (FileFacts(f.sha256, set(f.metadata), f.has_preview) for f in inventory.files)

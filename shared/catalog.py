@@ -248,7 +248,11 @@ def placeholders(values: list) -> str:
 @contextlib.contextmanager
 def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front, so concurrent writers queue instead of
-    deadlocking on a lock upgrade. sqlite-utils calls inside nest as savepoints."""
+    deadlocking on a lock upgrade. sqlite-utils calls inside nest as savepoints. Inside a write transaction
+    already, it joins that one: several steps commit together or not at all."""
+    if db.conn.in_transaction:
+        yield db
+        return
     db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
