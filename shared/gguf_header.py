@@ -1,6 +1,7 @@
 """GGUF key/value metadata and tensor shapes through the maintained `gguf` reader (llama.cpp)."""
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from .safetensors_header import HeaderError, SafetensorsHeader
@@ -39,6 +40,11 @@ def read_gguf_header(path: str) -> SafetensorsHeader:
         if isinstance(exc, FileNotFoundError):
             raise
         raise HeaderError(f"not a readable GGUF file: {exc}") from None
+    size = os.path.getsize(path)
+    for tensor in reader.tensors:
+        end = int(tensor.data_offset) + int(tensor.n_bytes)
+        if end > size:
+            raise HeaderError(f"truncated: tensor {tensor.name!r} ends at byte {end}, the file has {size}")
     metadata: dict[str, Any] = {}
     for name, field in reader.fields.items():
         if name.startswith("GGUF."):

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+# bits per element of each dtype the format defines (sub-byte ones are packed)
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
 
 
 class HeaderError(ValueError):
@@ -61,4 +68,39 @@ def read_safetensors_header(path: str) -> SafetensorsHeader:
         if not isinstance(shape, list):
             raise HeaderError(f"tensor {name!r} has no shape")
         tensors[name] = shape
+    _check_data_layout(header, size - 8 - length)
     return SafetensorsHeader(tensors, {str(k): _decode_value(v) for k, v in metadata.items()}, problem)
+
+
+def _check_data_layout(tensors: dict[str, Any], data_bytes: int) -> None:
+    """The tensors' data_offsets must tile the data after the header exactly, as the format requires (and as the
+    loaders check): no tensor past the end of the file (an interrupted download), no overlap, no gap, each
+    tensor's byte size agreeing with its dtype and shape."""
+    spans: list[tuple[int, int, str]] = []
+    for name, info in tensors.items():
+        offsets = info.get("data_offsets")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise HeaderError(f"tensor {name!r} has no valid data_offsets")
+        begin, end = offsets
+        bits = DTYPE_BITS.get(info.get("dtype"))
+        shape = info["shape"]
+        if bits is not None and all(type(d) is int and d >= 0 for d in shape):
+            elements = 1
+            for d in shape:
+                elements *= d
+            expected = (elements * bits + 7) // 8
+            if end - begin != expected:
+                raise HeaderError(f"tensor {name!r} holds {end - begin} bytes; its dtype and shape need {expected}")
+        spans.append((begin, end, name))
+    spans.sort()
+    position = 0
+    for begin, end, name in spans:
+        if end > data_bytes:
+            raise HeaderError(f"truncated: tensor {name!r} ends at byte {end} of the data, the file holds {data_bytes}")
+        if begin != position:
+            what = "overlaps the one before it" if begin < position else f"leaves a gap of {begin - position} bytes"
+            raise HeaderError(f"tensor {name!r} {what}")
+        position = end
+    if position != data_bytes:
+        raise HeaderError(f"{data_bytes - position} bytes after the last tensor's data: not a whole safetensors file")

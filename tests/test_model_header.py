@@ -29,8 +29,8 @@ def test_bad_safetensors_headers_raise_a_reason(tmp_path, data, reason):
 
 
 def test_non_dict_metadata_is_reported_and_the_rest_used(tmp_path):
-    header = json.dumps({"__metadata__": "oops", "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": {"dtype": "F16", "shape": [4, 768], "data_offsets": [0, 0]}}).encode()
-    info = read_header(raw(tmp_path, "x.safetensors", struct.pack("<Q", len(header)) + header))
+    header = json.dumps({"__metadata__": "oops", "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight": {"dtype": "F16", "shape": [4, 768], "data_offsets": [0, 6144]}}).encode()
+    info = read_header(raw(tmp_path, "x.safetensors", struct.pack("<Q", len(header)) + header + bytes(6144)))
     assert "not an object" in info.problem and info.type == "lora" and info.base == "sd1" and info.embedded == {}
 
 
@@ -99,3 +99,69 @@ def test_metadata_hints_fill_an_unknown_base_only(tmp_path):
 
 def test_unknown_content_stays_unknown():
     assert classify({"some.random.weight": [3, 3]}, {}) == (None, None)
+
+
+def safetensors_bytes(tensors: dict[str, tuple[str, list[int], list[int]]], data: bytes) -> bytes:
+    header = json.dumps({name: {"dtype": d, "shape": s, "data_offsets": o} for name, (d, s, o) in tensors.items()}).encode()
+    return struct.pack("<Q", len(header)) + header + data
+
+
+@pytest.mark.parametrize("cut", [3000, 1, -1])
+def test_a_safetensors_file_cut_anywhere_in_its_tensor_data_is_truncated(tmp_path, cut):
+    """What an interrupted in-place download leaves: the header intact, the data cut short."""
+    whole = model_factory.write_lora(tmp_path / "whole.safetensors").read_bytes()
+    header_end = 8 + struct.unpack("<Q", whole[:8])[0]
+    data = whole[: cut if cut > header_end else header_end + 1] if cut != -1 else whole[:-1]
+    with pytest.raises(HeaderError, match="truncated"):
+        read_header(raw(tmp_path, "cut.safetensors", data))
+
+
+@pytest.mark.parametrize(
+    "tensors, data, reason",
+    [
+        ({"a": ("F16", [2], [0, 4]), "b": ("F16", [2], [2, 6])}, bytes(6), "overlaps"),
+        ({"a": ("F16", [2], [0, 4]), "b": ("F16", [2], [6, 10])}, bytes(10), "gap of 2 bytes"),
+        ({"a": ("F32", [2], [0, 4])}, bytes(4), "need 8"),
+        ({"a": ("F16", [2], [0, 4])}, bytes(9), "5 bytes after the last tensor"),
+        ({"a": ("F16", [2], "0-4")}, bytes(4), "no valid data_offsets"),
+        ({"a": ("F16", [2], [4, 0])}, bytes(4), "no valid data_offsets"),
+    ],
+)
+def test_tensor_layouts_the_format_forbids_are_refused(tmp_path, tensors, data, reason):
+    with pytest.raises(HeaderError, match=reason):
+        read_header(raw(tmp_path, "x.safetensors", safetensors_bytes(tensors, data)))
+
+
+def test_packed_and_unknown_dtypes_and_empty_tensors_read(tmp_path):
+    tensors = {"e": ("F16", [0, 4], [0, 0]), "f4": ("F4", [3], [0, 2]), "new": ("X9", [5], [2, 7])}
+    info = read_header(raw(tmp_path, "x.safetensors", safetensors_bytes(tensors, bytes(7))))
+    assert info.tensor_count == 3
+
+
+def test_a_gguf_file_cut_in_its_tensor_data_is_truncated(tmp_path):
+    whole = model_factory.write_gguf(tmp_path / "whole.gguf").read_bytes()
+    read_header(raw(tmp_path, "ok.gguf", whole))
+    with pytest.raises(HeaderError):
+        read_header(raw(tmp_path, "cut.gguf", whole[:-100]))
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [(b"", "empty file"), (b"hello world", "not a PyTorch file"), (b"PK\x03\x04" + bytes(100), "truncated or damaged")],
+)
+def test_pytorch_files_that_cannot_be_archives_or_pickles_are_refused_without_unpickling(tmp_path, data, reason):
+    with pytest.raises(HeaderError, match=reason):
+        read_header(raw(tmp_path, "x.ckpt", data))
+
+
+def test_a_pytorch_zip_archive_cut_short_is_truncated_and_a_whole_one_reads(tmp_path):
+    import zipfile
+
+    path = tmp_path / "whole.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("archive/data/0", bytes(5000))
+    assert read_header(str(path)).format == "pickle"
+    with pytest.raises(HeaderError, match="truncated or damaged"):
+        read_header(raw(tmp_path, "cut.ckpt", path.read_bytes()[:3000]))
+    assert read_header(raw(tmp_path, "legacy.pt", b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19.")).format == "pickle"
