@@ -62,13 +62,16 @@ def cmd_scan(args: argparse.Namespace) -> int:
                 progress=bar.update if bar else None,
                 display_name=args.display_name,
                 api_url=args.api_url,
+                forget_unreachable=args.forget_missing,
             )
         finally:
             if bar:
                 bar.close()
     result = report.to_dict()
+    push_failed = False
     if args.push:
         result["push"] = _push(args, report)
+        push_failed = "error" in result["push"]
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -80,18 +83,27 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print(f"  duplicate {dup.sha256[:10]}: " + ", ".join(dup.paths))
         if args.push:
             print(f"Pushed to {args.push}: {result['push']}")
-    return 0
+    if report.unavailable:
+        folders = ", ".join(u.path for u in report.unavailable)
+        print(f"modelsync scan: unavailable: {folders}; their files are kept (use --forget-missing to drop them)",
+              file=sys.stderr)
+    if push_failed:
+        print(f"modelsync scan: the push to {args.push} failed: {result['push']['error']}", file=sys.stderr)
+    return 1 if report.unavailable or push_failed else 0
 
 
 def _push(args: argparse.Namespace, report) -> dict:
-    from modelsync.shared.push_client import NodeCredentials, ServerClient
+    from modelsync.shared.push_client import NodeCredentials, PushError, ServerClient
 
     credentials = NodeCredentials.load(Path(args.data), args.server_id, args.token or os.environ.get("MODELSYNC_TOKEN") or None)
     client = ServerClient(args.push, credentials)
-    answer = client.push_inventory(report.inventory)
-    written = client.save_previews(report.inventory, answer)
-    summary = {k: v for k, v in answer.items() if k in ("added", "updated", "removed", "unchanged", "registered")}
-    return {**summary, "previews_written": len(written)}
+    try:
+        answer = client.push_inventory(report.inventory)
+        written = client.save_previews(report.inventory, answer)
+    except PushError as exc:
+        return {"error": str(exc)}
+    summary = {k: v for k, v in answer.items() if k in ("added", "updated", "removed", "unchanged", "unusable", "registered")}
+    return {**summary, "previews_written": len(written), "warnings": answer.get("warnings", [])}
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
@@ -145,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-url", default=None, help="where the job queue reaches this node's A1111 API")
     p.add_argument("--push", metavar="URL", default=None, help="push the inventory to this central server")
     p.add_argument("--token", default=None, help="this node's push token (default: $MODELSYNC_TOKEN, or the one stored at registration)")
+    p.add_argument("--forget-missing", action="store_true",
+                   help="drop the catalog's files under folders that cannot be read now (by default they are kept, "
+                        "flagged unreachable, and the command exits 1)")
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("hash", help="print every hash of files")

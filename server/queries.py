@@ -10,7 +10,7 @@ import sqlite_utils
 
 from modelsync.shared.catalog import JSON_COLUMNS, placeholders, read_snapshot
 from modelsync.shared.names import kind_of, local_name
-from modelsync.shared.records import LORA_TYPES
+from modelsync.shared.records import FILE_STATES, LORA_TYPES
 
 from .errors import ApiError
 from .registry import iso_ago
@@ -58,7 +58,7 @@ class Liveness:
 
 
 def decode_json_columns(row: dict[str, Any]) -> dict[str, Any]:
-    for col in JSON_COLUMNS | {"roots", "last_sync_summary"}:
+    for col in JSON_COLUMNS | {"roots", "last_sync_summary", "unavailable"}:
         if isinstance(row.get(col), str):
             row[col] = json.loads(row[col])
     return row
@@ -286,25 +286,35 @@ def list_servers(db: sqlite_utils.Database, liveness: Liveness) -> list[dict[str
     cutoff = liveness.cutoff()
     rows = _rows(
         db,
-        """SELECT s.id, s.display_name, s.api_url, s.roots, s.created_at, s.last_sync, s.last_heartbeat,
+        """SELECT s.id, s.display_name, s.api_url, s.roots, s.unavailable, s.created_at, s.last_sync, s.last_heartbeat,
                   s.last_sync_summary,
                   (SELECT COUNT(*) FROM model_server_availability a WHERE a.server_id = s.id) AS file_count,
                   (SELECT COUNT(DISTINCT a.model_id) FROM model_server_availability a WHERE a.server_id = s.id) AS model_count,
                   (SELECT COUNT(*) FROM model_server_availability a WHERE a.server_id = s.id AND a.model_id IS NULL)
-                    AS unhashed_count
+                    AS unhashed_count,
+                  (SELECT COUNT(*) FROM unusable_files u WHERE u.server_id = s.id AND u.state = 'broken') AS broken_count,
+                  (SELECT COUNT(*) FROM unusable_files u WHERE u.server_id = s.id AND u.state = 'unreachable')
+                    AS unreachable_count
            FROM servers s ORDER BY s.id""",
     )
     for row in rows:
         decode_json_columns(row)
+        row["unavailable"] = row["unavailable"] or []
         row["online"] = liveness.is_online(row["id"], row["last_sync"], row["last_heartbeat"], cutoff)
         row["last_seen"] = max(row["last_sync"] or "", row["last_heartbeat"] or "") or None
     return rows
 
 
 def server_files(db: sqlite_utils.Database, server_id: str, params: dict[str, str]) -> dict[str, Any]:
-    """One node's files (GET /api/v1/servers/{id}/files), optionally only those not hashed yet."""
+    """One node's files (GET /api/v1/servers/{id}/files), optionally only those not hashed yet, or its broken or
+    unreachable files (`state=`)."""
     limit = int_param(params, "limit", 100, 1, MAX_PAGE_SIZE)
     offset = int_param(params, "offset", 0, 0, 10**12)
+    state = params.get("state", "ok")
+    if state not in FILE_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(FILE_STATES)}", "state")
+    if state != "ok":
+        return _unusable_files(db, server_id, state, limit, offset)
     where = "a.server_id = ?" + (" AND a.model_id IS NULL" if params.get("unhashed") in ("1", "true", "yes") else "")
     total = db.conn.execute(f"SELECT COUNT(*) FROM model_server_availability a WHERE {where}", [server_id]).fetchone()[0]
     files = _rows(
@@ -315,3 +325,16 @@ def server_files(db: sqlite_utils.Database, server_id: str, params: dict[str, st
         [server_id, limit, offset],
     )
     return {"server_id": server_id, "files": files, "total": total, "limit": limit, "offset": offset}
+
+
+def _unusable_files(db: sqlite_utils.Database, server_id: str, state: str, limit: int, offset: int) -> dict[str, Any]:
+    total = db.conn.execute("SELECT COUNT(*) FROM unusable_files WHERE server_id = ? AND state = ?", [server_id, state]).fetchone()[0]
+    files = _rows(
+        db,
+        """SELECT u.id, u.model_id, u.path, u.rel_name, u.role, u.size, u.mtime_ns, u.last_seen, u.state, u.reason, u.since,
+                  m.hash_autov2
+           FROM unusable_files u LEFT JOIN models m ON m.id = u.model_id
+           WHERE u.server_id = ? AND u.state = ? ORDER BY u.path LIMIT ? OFFSET ?""",
+        [server_id, state, limit, offset],
+    )
+    return {"server_id": server_id, "state": state, "files": files, "total": total, "limit": limit, "offset": offset}

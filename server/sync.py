@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
-from modelsync.shared.inventory import Inventory, InventoryError
+from modelsync.shared.inventory import MAX_WARNINGS, Inventory, InventoryError
 from modelsync.shared.inventory_apply import apply_inventory
 from modelsync.shared.records import METADATA_FIELDS
 
@@ -115,12 +115,13 @@ def _record_sync(db: sqlite_utils.Database, server_id: str, summary: dict[str, A
         if inventory is None:
             db.conn.execute("UPDATE servers SET last_sync = ? WHERE id = ?", [now, server_id])
         else:
+            unavailable = [{"path": path, "reason": reason} for path, reason in sorted(inventory.unavailable.items())]
             db.conn.execute(
-                """UPDATE servers SET last_sync = ?, last_sync_summary = ?, roots = ?, inventory_digest = ?,
+                """UPDATE servers SET last_sync = ?, last_sync_summary = ?, roots = ?, unavailable = ?, inventory_digest = ?,
                                       display_name = COALESCE(?, display_name), api_url = COALESCE(?, api_url)
                    WHERE id = ?""",
-                [now, json.dumps(summary), json.dumps([{"path": r.path, "role": r.role} for r in inventory.roots]), digest,
-                 inventory.display_name, inventory.api_url, server_id],
+                [now, json.dumps(summary), json.dumps([{"path": r.path, "role": r.role} for r in inventory.roots]),
+                 json.dumps(unavailable), digest, inventory.display_name, inventory.api_url, server_id],
             )
     return now
 
@@ -136,25 +137,33 @@ def sync_inventory(db: sqlite_utils.Database, inventory: Inventory, digest: str)
             [inventory.server_id],
         ).fetchone()
         counts = {"added": applied.added, "updated": applied.updated, "removed": applied.removed, "unchanged": applied.unchanged}
-        now = _record_sync(db, inventory.server_id, {**counts, "files": files, "models": models, "unhashed": unhashed or 0},
-                           digest, inventory)
+        now = _record_sync(db, inventory.server_id, {**counts, "files": files, "models": models, "unhashed": unhashed or 0,
+                                                     "unusable": applied.unusable}, digest, inventory)
     if applied.added or applied.updated or applied.removed:
         log.info("sync %s: %d added, %d updated, %d removed, %d unchanged", inventory.server_id, *counts.values())
-    facts = (FileFacts(f.sha256, set(f.metadata), f.has_preview) for f in inventory.files)
-    return {"server_id": inventory.server_id, **counts, "new_models": len(applied.new_models), "last_sync": now,
-            "enriched": _enriched(db, inventory.server_id, facts)}
+    facts = (FileFacts(f.sha256, set(f.metadata), f.has_preview) for f in inventory.usable_files())
+    warnings = [{"path": w.path, "field": w.field, "message": w.message} for w in inventory.warnings[:MAX_WARNINGS]]
+    answer = {"server_id": inventory.server_id, **counts, "unusable": applied.unusable, "new_models": len(applied.new_models),
+              "last_sync": now, "enriched": _enriched(db, inventory.server_id, facts), "warnings": warnings}
+    if len(inventory.warnings) > MAX_WARNINGS:
+        answer["warnings_omitted"] = len(inventory.warnings) - MAX_WARNINGS
+    if warnings:
+        log.warning("sync %s: %d values cut or dropped (first: %s %s: %s)", inventory.server_id, len(inventory.warnings),
+                    warnings[0]["path"], warnings[0]["field"], warnings[0]["message"])
+    return answer
 
 
 def answer_unchanged(db: sqlite_utils.Database, server_id: str, body: dict[str, Any], digest: str) -> dict[str, Any]:
     """The same body as the last applied one (same digest, so it was validated then): nothing to apply."""
-    files = body["files"]
+    files = [f for f in body["files"] if f.get("state", "ok") == "ok"]
     now = _record_sync(db, server_id, None, digest, None)
     facts = (
         FileFacts((f.get("sha256") or "").lower() or None, {k for k, v in (f.get("metadata") or {}).items() if v is not None}, bool(f.get("has_preview")))
         for f in files
     )
-    return {"server_id": server_id, "added": 0, "updated": 0, "removed": 0, "unchanged": len(files), "new_models": 0,
-            "last_sync": now, "enriched": _enriched(db, server_id, facts)}
+    return {"server_id": server_id, "added": 0, "updated": 0, "removed": 0, "unchanged": len(files),
+            "unusable": len(body["files"]) - len(files), "new_models": 0, "last_sync": now,
+            "enriched": _enriched(db, server_id, facts), "warnings": []}
 
 
 def forget_holders_digests(db: sqlite_utils.Database, model_id: int) -> None:

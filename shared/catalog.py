@@ -199,6 +199,39 @@ def _v6_embedding_set_version(db: sqlite_utils.Database) -> None:
                             WHEN {condition} BEGIN {bump} END""")
     db.conn.execute(f"CREATE TRIGGER embedding_set_type AFTER UPDATE OF type ON models BEGIN {bump} END")
 
+def _v7_unusable_files(db: sqlite_utils.Database) -> None:
+    """Files a node lists that no job may use: "broken" (not a whole model) and "unreachable" (under a folder that
+    cannot be read now), with the reason and since when. Kept apart from `model_server_availability`, so every
+    read of what a node can load stays as it is; an unreachable file keeps its model_id (its hashes) for the day
+    its folder is back. `servers.unavailable` holds the node's unreadable folders (JSON)."""
+    db["unusable_files"].create(
+        {
+            "id": int,
+            "server_id": str,
+            "path": str,
+            "state": str,
+            "reason": str,
+            "since": str,
+            "last_seen": str,
+            "model_id": int,
+            "rel_name": str,
+            "role": str,
+            "size": int,
+            "mtime_ns": int,
+            "has_preview": int,
+            "content_type": str,
+            "content_base": str,
+            "embedded": str,
+        },
+        pk="id",
+        not_null={"server_id", "path", "state"},
+        foreign_keys=[("model_id", "models", "id")],
+    )
+    db["unusable_files"].create_index(["server_id", "path"], unique=True)
+    db["unusable_files"].create_index(["model_id"])
+    db["servers"].add_column("unavailable", str)
+
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial,
@@ -207,6 +240,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v4_rejected_matches,
     _v5_copies_by_model,
     _v6_embedding_set_version,
+    _v7_unusable_files,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

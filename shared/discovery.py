@@ -50,10 +50,18 @@ def discover(roots: list[Root]) -> Discovery:
     seen_files: set[str] = set()
     for root, real_root in resolved:
         if not os.path.isdir(real_root):
-            found.problems.append(ScanProblem(root.path, "root folder does not exist or is not a folder"))
+            reason = "root folder is not a folder" if os.path.exists(real_root) else "root folder does not exist"
+            found.problems.append(ScanProblem(root.path, reason))
+            found.unavailable[root.path] = reason
             continue
+        found.attachments.add(root.path)
         _walk_root(root, real_root, root_dirs - {real_root}, seen_files, found)
     return found
+
+
+def _folder_unavailable(found: Discovery, directory: str, reason: str) -> None:
+    found.problems.append(ScanProblem(_printable(directory), reason))
+    found.unavailable[directory] = reason
 
 
 def _walk_root(root: Root, real_root: str, other_roots: set[str], seen_files: set[str], found: Discovery) -> None:
@@ -64,7 +72,7 @@ def _walk_root(root: Root, real_root: str, other_roots: set[str], seen_files: se
         try:
             st = os.stat(directory)
         except OSError as exc:
-            found.problems.append(ScanProblem(_printable(directory), f"cannot open folder: {exc.strerror or exc}"))
+            _folder_unavailable(found, directory, f"cannot open folder: {exc.strerror or exc}")
             continue
         key = (st.st_dev, st.st_ino)
         if key in visited_dirs:
@@ -75,8 +83,10 @@ def _walk_root(root: Root, real_root: str, other_roots: set[str], seen_files: se
             with os.scandir(directory) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            found.problems.append(ScanProblem(_printable(directory), f"cannot list folder: {exc.strerror or exc}"))
+            _folder_unavailable(found, directory, f"cannot list folder: {exc.strerror or exc}")
             continue
+        if directory != root.path and (os.path.islink(directory) or os.path.ismount(directory)):
+            found.attachments.add(directory)
         names = {e.name for e in entries}
         sidecars: list[str] = []
         for entry in entries:
@@ -88,6 +98,12 @@ def _walk_root(root: Root, real_root: str, other_roots: set[str], seen_files: se
                 is_dir = entry.is_dir()  # follows symlinks
             except OSError:
                 is_dir = False
+            if (not is_dir and os.path.splitext(name.lower())[1] not in MODEL_EXTENSIONS and entry.is_symlink()
+                    and not os.path.exists(entry.path)):
+                # a link whose target is gone (an unmounted share, a moved folder): only the catalog can say what
+                # was under it, so the scanner decides whether this matters
+                found.unavailable[entry.path] = "link target does not exist"
+                continue
             if is_dir:
                 if os.path.realpath(entry.path) in other_roots:
                     continue

@@ -6,6 +6,8 @@ removed for that server only, and its aliases follow. Re-applying an unchanged s
 A file's Civitai fields naming a version the operator rejected for its model (`civitai_rejections`) are ignored.
 Counts are per file: added = paths new to this server, updated = known paths whose content, attributes
 or model metadata changed, removed = paths no longer listed.
+Files listed as "broken" or "unreachable" go to `unusable_files` instead: they create no model, no alias and no
+availability row, and leave no trace in the metadata; an unreachable file keeps the model_id its content had.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class ApplyResult:
     updated: int = 0
     removed: int = 0
     unchanged: int = 0
+    unusable: int = 0  # files listed as broken or unreachable
     model_ids: dict[str, int | None] = field(default_factory=dict)
     changed_models: set[int] = field(default_factory=set)
     new_models: set[int] = field(default_factory=set)
@@ -180,13 +183,14 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
             row["path"]: row
             for row in db.query("SELECT * FROM model_server_availability WHERE server_id = ?", [server_id])
         }
+        usable = inventory.usable_files()
         sha256s = sorted({f.sha256 for f in inventory.files if f.sha256})
         models = _load_models(db, sha256s)
         rejections = load_rejections(db, sha256s)
 
         new_model_rows: list[dict[str, Any]] = []
         changed_model_cols: dict[str, set[str]] = {}
-        for f in inventory.files:
+        for f in usable:
             if not f.sha256:
                 continue
             model = models.get(f.sha256)
@@ -214,7 +218,7 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
         inserts: list[dict[str, Any]] = []
         updates: list[tuple[dict[str, Any], int]] = []
         listed: set[str] = set()
-        for f in inventory.files:
+        for f in usable:
             listed.add(f.path)
             model_id = models[f.sha256]["id"] if f.sha256 else None
             result.model_ids[f.path] = model_id
@@ -239,10 +243,13 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
         gone = [row["id"] for path, row in existing_rows.items() if path not in listed]
         for chunk in chunks(gone):
             conn.execute(f"DELETE FROM model_server_availability WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-        result.removed = len(gone)
+        held, dropped = _apply_unusable(db, server_id, [f for f in inventory.files if f.state != "ok"], models, now)
+        result.unusable = len(held)
+        result.removed = sum(1 for path in existing_rows if path not in listed and path not in held)
+        result.removed += sum(1 for path in dropped if path not in listed)
 
         models_by_id = {m["id"]: m for m in models.values()}
-        desired = _desired_aliases(inventory.files, result.model_ids, models_by_id)
+        desired = _desired_aliases(usable, result.model_ids, models_by_id)
         current = {
             (row["model_id"], row["kind"], row["alias"]): (row["id"], row["local_name"])
             for row in db.query("SELECT id, model_id, kind, alias, local_name FROM model_aliases WHERE server_id = ?", [server_id])
@@ -258,3 +265,35 @@ def apply_inventory(db: sqlite_utils.Database, inventory: Inventory, *, now: str
         if fresh:
             db["model_aliases"].insert_all(fresh, batch_size=500)
     return result
+
+
+def _apply_unusable(
+    db: sqlite_utils.Database, server_id: str, files: list[InventoryFile], models: dict[str, dict[str, Any]], now: str
+) -> tuple[set[str], set[str]]:
+    """The server's broken and unreachable files become exactly `files`; `since` stays while a file keeps its state.
+    Returns their paths, and the paths no longer held."""
+    existing = {row["path"]: row for row in db.query("SELECT * FROM unusable_files WHERE server_id = ?", [server_id])}
+    wanted: dict[str, dict[str, Any]] = {}
+    for f in files:
+        model = models.get(f.sha256) if f.sha256 else None
+        row = _availability_row(f, model.get("id") if model else None)
+        del row["problem"]
+        wanted[f.path] = {**row, "state": f.state, "reason": f.problem or f.state}
+    inserts = []
+    for path, row in wanted.items():
+        old = existing.get(path)
+        if old is None:
+            inserts.append({"server_id": server_id, "path": path, "since": now, "last_seen": now, **row})
+            continue
+        diff = {k: v for k, v in row.items() if old.get(k) != v}
+        if diff:
+            if "state" in diff:
+                diff["since"] = now
+            assignments = ", ".join(f"[{c}] = ?" for c in diff)
+            db.conn.execute(f"UPDATE unusable_files SET {assignments}, last_seen = ? WHERE id = ?", [*diff.values(), now, old["id"]])
+    if inserts:
+        db["unusable_files"].insert_all(inserts, batch_size=500)
+    gone = {path: row["id"] for path, row in existing.items() if path not in wanted}
+    for chunk in chunks(list(gone.values())):
+        db.conn.execute(f"DELETE FROM unusable_files WHERE id IN ({placeholders(chunk)})", chunk)
+    return set(wanted), set(gone)

@@ -116,6 +116,14 @@ class ScanProblem:
     reason: str
 
 
+# A listed file's state: usable, or kept in the catalog but never matched by a job check.
+FILE_STATES = (
+    "ok",
+    "broken",  # its bytes are not a whole model (truncated, garbage header): a problem of the node
+    "unreachable",  # under a folder that cannot be read now (missing, unmounted, no permission): kept with its hashes
+)
+
+
 @dataclass
 class Discovery:
     models: list[DiscoveredModel] = field(default_factory=list)
@@ -123,6 +131,11 @@ class Discovery:
     sidecars_by_dir: dict[str, list[str]] = field(default_factory=dict)
     problems: list[ScanProblem] = field(default_factory=list)
     skipped: int = 0  # hidden files, partial downloads
+    # folders whose content cannot be seen now, with the reason: what the catalog held under them is kept
+    unavailable: dict[str, str] = field(default_factory=dict)
+    # folders that may hold a mounted share (roots, symlinked or mount-point folders): empty while the catalog
+    # holds files under them, they are taken as unavailable, not as emptied
+    attachments: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -188,6 +201,8 @@ class ScanStats:
     hashesCached: int = 0  # reused from the catalog (same path, size and mtime_ns)
     duplicates: int = 0  # models present at more than one path
     errors: int = 0
+    broken: int = 0  # files whose bytes are not a whole model
+    unreachable: int = 0  # files kept from the catalog under folders that cannot be read now
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)

@@ -24,6 +24,7 @@ from .metadata_sources import from_a1111, from_civitai_model, from_civitai_versi
 from .model_header import HeaderError, read_header
 from .records import (
     DiscoveredModel,
+    Discovery,
     FileHashes,
     MetadataContribution,
     Root,
@@ -55,11 +56,21 @@ class Duplicate:
 
 
 @dataclass
+class UnavailableFolder:
+    """A folder whose files could not be seen: what the catalog held under it is kept, flagged unreachable."""
+
+    path: str
+    reason: str
+    files_kept: int
+
+
+@dataclass
 class ScanReport:
     stats: ScanStats
     problems: list[ScanProblem] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     inventory: Inventory | None = None
+    unavailable: list[UnavailableFolder] = field(default_factory=list)
 
     @property
     def message(self) -> str:
@@ -72,6 +83,11 @@ class ScanReport:
         ]
         if s.removed:
             lines.append(f"- Removed: {s.removed} models no longer on disk")
+        for folder in self.unavailable:
+            lines.append(f"- Unavailable: {folder.path}: {folder.reason}; {folder.files_kept} files kept from the catalog, "
+                         "not offered to jobs until the folder is back")
+        if s.broken:
+            lines.append(f"- Broken: {s.broken} files are not whole models (never offered to jobs)")
         if s.duplicates:
             lines.append(f"- Duplicates: {s.duplicates} models stored at more than one path")
         if s.errors:
@@ -84,6 +100,7 @@ class ScanReport:
             "message": self.message,
             "problems": [{"path": p.path, "reason": p.reason} for p in self.problems],
             "duplicate_models": [{"sha256": d.sha256, "paths": d.paths} for d in self.duplicates],
+            "unavailable": [{"path": u.path, "reason": u.reason, "files_kept": u.files_kept} for u in self.unavailable],
         }
 
 
@@ -96,6 +113,7 @@ class _FileState:
     embedded: dict[str, Any] | None = None
     problem: str | None = None
     vanished: bool = False
+    broken: bool = False  # the bytes are not a whole model: listed as a problem, never hashed nor offered
 
 
 class _ProgressMeter:
@@ -132,20 +150,25 @@ def _emit(progress: Callable[[ScanProgress], None] | None, phase: str, total: in
 
 
 def _cached_files(db: sqlite_utils.Database, server_id: str) -> dict[str, dict[str, Any]]:
-    sql = """
-        SELECT a.path, a.size, a.mtime_ns, a.content_type, a.content_base, a.embedded, a.problem,
-               m.hash_sha256, m.hash_autov1, m.hash_autov3
-        FROM model_server_availability a LEFT JOIN models m ON m.id = a.model_id
-        WHERE a.server_id = ?"""
-    return {row["path"]: row for row in db.query(sql, [server_id])}
+    """Every file the catalog holds for this node, usable or not, with what is known of its bytes."""
+    columns = "a.path, a.rel_name, a.role, a.size, a.mtime_ns, a.has_preview, a.content_type, a.content_base, a.embedded"
+    hashes = "m.hash_sha256, m.hash_autov1, m.hash_autov3"
+    sql = f"""
+        SELECT {columns}, a.problem, 'ok' AS state, {hashes}
+        FROM model_server_availability a LEFT JOIN models m ON m.id = a.model_id WHERE a.server_id = ?
+        UNION ALL
+        SELECT {columns}, a.reason AS problem, a.state, {hashes}
+        FROM unusable_files a LEFT JOIN models m ON m.id = a.model_id WHERE a.server_id = ?"""
+    return {row["path"]: row for row in db.query(sql, [server_id, server_id])}
 
 
 def _reuse_cached(state: _FileState, cached: dict[str, Any] | None) -> tuple[bool, bool]:
-    """Take what the catalog knows of an unchanged file; returns (header known, hashes known)."""
+    """Take what the catalog knows of an unchanged file; returns (header known, hashes known). A broken file's
+    header is read again (cheap, and a fixed permission does not change the mtime)."""
     m = state.model
-    if cached is None or cached["size"] != m.size or cached["mtime_ns"] != m.mtime_ns:
+    if cached is None or cached["size"] != m.size or cached["mtime_ns"] != m.mtime_ns or cached["state"] == "broken":
         return False, False
-    header_known = cached["embedded"] is not None or cached["problem"] is not None
+    header_known = cached["embedded"] is not None or (cached["problem"] is not None and cached["state"] == "ok")
     if header_known:
         state.content_type = cached["content_type"]
         state.content_base = cached["content_base"]
@@ -163,10 +186,13 @@ def _read_header(state: _FileState) -> None:
         state.vanished = True
         state.problem = "file vanished during the scan"
         return
-    except (HeaderError, OSError) as exc:
-        state.problem = str(exc)
-        state.embedded = {}
-        log.debug("%s: header unreadable: %s", state.model.path, exc)
+    except HeaderError as exc:
+        state.problem, state.broken = str(exc), True
+        log.debug("%s: not a whole model: %s", state.model.path, exc)
+        return
+    except OSError as exc:
+        state.problem, state.broken = f"cannot read: {exc.strerror or exc}", True
+        log.debug("%s: unreadable: %s", state.model.path, exc)
         return
     state.content_type, state.content_base = header.type, header.base
     state.embedded = header.embedded
@@ -209,6 +235,54 @@ def _contributions(state: _FileState, sidecars: list[Sidecar]) -> list[MetadataC
     return [c for c in found if c.fields]
 
 
+def _unavailable_folders(found: Discovery, roots: list[Root], cached: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Folders whose content cannot be seen now: unreadable or missing ones, links to nowhere, and roots or mounted
+    folders found empty while the catalog holds files under them (an unmounted share looks like an empty folder)."""
+    def under(folder: str, path: str) -> bool:
+        return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    seen = [m.path for m in found.models]
+    folders = {path: reason for path, reason in found.unavailable.items()
+               if any(path == r.path for r in roots) or any(under(path, p) for p in cached)}
+    for folder in found.attachments:
+        if folder in folders or any(under(f, folder) for f in folders):
+            continue
+        if not any(under(folder, p) for p in seen):
+            held = sum(1 for p in cached if under(folder, p))
+            if held:
+                folders[folder] = f"folder is empty while the catalog holds {held} files under it (an unmounted share?)"
+    return folders
+
+
+def _kept_files(folders: dict[str, str], roots: list[Root], cached: dict[str, dict[str, Any]],
+                seen: set[str]) -> dict[str, list[InventoryFile]]:
+    """Per unavailable folder: the catalog's files under it, listed as unreachable with their cached hashes. While a
+    root is unavailable, files under none of the available roots are kept too (a mistyped root must not wipe the
+    files of the root it was meant to be); once every root is there, such files are gone for good."""
+    def under(folder: str, path: str) -> bool:
+        return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+    kept: dict[str, list[InventoryFile]] = {folder: [] for folder in folders}
+    missing_root = next((r.path for r in roots if r.path in folders), None)
+    available_roots = [r.path for r in roots if r.path not in folders]
+    for path, row in cached.items():
+        if path in seen:
+            continue
+        folder = next((f for f in folders if under(f, path)), None)
+        if folder is None and missing_root is not None and not any(under(r, path) for r in available_roots):
+            folder = missing_root
+        if folder is None:
+            continue
+        kept[folder].append(InventoryFile(
+            path=path, rel_name=row["rel_name"], role=row["role"], size=row["size"], mtime_ns=row["mtime_ns"],
+            sha256=row["hash_sha256"], autov1=row["hash_autov1"], autov3=row["hash_autov3"],
+            type=row["content_type"], base=row["content_base"], has_preview=bool(row["has_preview"]),
+            problem=folders[folder], state="unreachable",
+            embedded=json.loads(row["embedded"]) if row["embedded"] is not None else None,
+        ))
+    return kept
+
+
 def _inventory_file(state: _FileState, sidecars: list[Sidecar]) -> InventoryFile:
     m = state.model
     merged = merge(_contributions(state, sidecars))
@@ -233,6 +307,7 @@ def _inventory_file(state: _FileState, sidecars: list[Sidecar]) -> InventoryFile
         has_preview=m.preview is not None,
         problem=state.problem,
         embedded=state.embedded,
+        state="broken" if state.broken else "ok",
     )
 
 
@@ -247,7 +322,10 @@ def scan(
     progress: Callable[[ScanProgress], None] | None = None,
     display_name: str | None = None,
     api_url: str | None = None,
+    forget_unreachable: bool = False,
 ) -> ScanReport:
+    """forget_unreachable: drop from the catalog the files of folders that cannot be read now (by default they are
+    kept, flagged unreachable, with their hashes)."""
     stats = ScanStats()
     _emit(progress, "discovering")
     found = discover(roots)
@@ -258,12 +336,24 @@ def scan(
     cached = _cached_files(db, server_id)
     states = [_FileState(m) for m in found.models]
     to_read: list[_FileState] = []
-    to_hash: list[_FileState] = []
+    hashes_known: set[str] = set()
     for state in states:
-        header_known, hashes_known = _reuse_cached(state, cached.get(state.model.path))
+        header_known, cached_hashes = _reuse_cached(state, cached.get(state.model.path))
         if not header_known:
             to_read.append(state)
-        if hashes_known:
+        if cached_hashes:
+            hashes_known.add(state.model.path)
+
+    meter = _ProgressMeter(progress, "reading", len(to_read), 0)
+    for state in to_read:
+        _read_header(state)
+        meter.add(files=1)
+
+    to_hash: list[_FileState] = []
+    for state in states:
+        if state.broken or state.vanished:
+            state.hashes = None
+        elif state.model.path in hashes_known:
             stats.hashesCached += 1
             log.debug("%s: hashes from catalog", state.model.path)
         elif calculate_hashes and state.model.size <= max_hash_size:
@@ -272,11 +362,6 @@ def scan(
             stats.hashesSkipped += 1
             if state.model.size > max_hash_size:
                 log.debug("%s: not hashed, %d bytes is over the limit of %d", state.model.path, state.model.size, max_hash_size)
-
-    meter = _ProgressMeter(progress, "reading", len(to_read), 0)
-    for state in to_read:
-        _read_header(state)
-        meter.add(files=1)
 
     if to_hash:
         by_path = {s.model.path: s for s in to_hash}
@@ -312,18 +397,29 @@ def scan(
         sidecars = index.for_model(state.model.path, state.hashes.sha256 if state.hashes else None) if index else []
         files.append(_inventory_file(state, sidecars))
 
-    inventory = Inventory(server_id=server_id, display_name=display_name, api_url=api_url, roots=list(roots), files=files)
+    unavailable = _unavailable_folders(found, roots, cached)
+    kept = {} if forget_unreachable else _kept_files(unavailable, roots, cached, {m.path for m in found.models})
+    for folder, reason in unavailable.items():
+        if not any(p.path == folder for p in problems):
+            problems.append(ScanProblem(folder, reason))
+        files.extend(kept.get(folder, []))
+    stats.broken = sum(1 for f in files if f.state == "broken")
+    stats.unreachable = sum(len(k) for k in kept.values())
+
+    inventory = Inventory(server_id=server_id, display_name=display_name, api_url=api_url, roots=list(roots), files=files,
+                          unavailable=unavailable)
     applied = apply_inventory(db, inventory)
     stats.added, stats.updated, stats.removed = applied.added, applied.updated, applied.removed
 
     by_sha: dict[str, list[str]] = {}
-    for f in files:
+    for f in inventory.usable_files():
         if f.sha256:
             by_sha.setdefault(f.sha256, []).append(f.path)
     duplicates = [Duplicate(sha, sorted(paths)) for sha, paths in sorted(by_sha.items()) if len(paths) > 1]
     stats.duplicates = len(duplicates)
     stats.errors = len(problems)
     _emit(progress, "done", len(states))
-    report = ScanReport(stats=stats, problems=problems, duplicates=duplicates, inventory=inventory)
+    report = ScanReport(stats=stats, problems=problems, duplicates=duplicates, inventory=inventory,
+                        unavailable=[UnavailableFolder(path, reason, len(kept.get(path, []))) for path, reason in unavailable.items()])
     log.info(report.message.replace("\n", " "))
     return report

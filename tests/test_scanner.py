@@ -121,9 +121,9 @@ def test_same_content_at_two_paths_is_one_model_listed_as_duplicate(tmp_path, db
 def test_files_gone_from_disk_are_removed_but_models_stay(tmp_path, db):
     files = build_tree(tmp_path / "m")
     scan(roots(tmp_path / "m"), db, "node1", calculate_hashes=True)
-    files["vae"].unlink()
+    files["xl"].unlink()
     report = scan(roots(tmp_path / "m"), db, "node1", calculate_hashes=True)
-    assert report.stats.removed == 1 and report.stats.total == 3
+    assert report.stats.removed == 1 and report.stats.total == 3 and not report.unavailable
     assert db["models"].count == 4
 
 
@@ -173,8 +173,13 @@ def test_bad_model_files_are_listed_with_reasons_and_the_scan_goes_on(tmp_path, 
         assert problems[name]
     assert report.stats.total == 9 and report.stats.errors == len(problems)
     rows = files_table(db)
-    assert {name for name in bad} <= set(rows)  # still listed, hashed
-    assert all(rows[name]["model_id"] is not None for name in bad)
+    broken = set(bad) - {"listmeta.safetensors"}
+    assert rows["listmeta.safetensors"]["model_id"] is not None  # a part ignored: still a model, hashed
+    assert not broken & set(rows)  # not whole models: never offered, never hashed
+    held = {r["rel_name"]: r for r in db.query("SELECT * FROM unusable_files")}
+    assert set(held) == broken and all(r["state"] == "broken" and r["model_id"] is None for r in held.values())
+    assert held["truncated.safetensors"]["reason"] == problems["truncated.safetensors"]
+    assert report.stats.broken == len(broken) and report.stats.hashesCalculated == 5
     assert rows["style.safetensors"]["content_type"] == "lora"
     # the problems are reported again on a re-scan that reads nothing
     again = scan(roots(tmp_path / "m"), db, "node1", calculate_hashes=True)
