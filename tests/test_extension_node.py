@@ -247,3 +247,27 @@ def test_progress_shows_files_bytes_and_eta():
     assert progress_text(ScanState(running=True, progress=progress)) == \
         "hashing: 3/10 files, 3.0 GB / 10.0 GB, about 42 s left"
     assert progress_text(ScanState(running=True, progress=progress, pushing=True)).startswith("Pushing")
+
+
+def test_a_model_folder_gone_at_start_up_keeps_its_files_on_the_server_and_the_tab_says_why(host, central_server):  # noqa: F811
+    webui = Path(host.modules["modules.paths"].data_path)
+    write_models(webui)
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.opts.modelsync_server_url = central_server.base_url
+    host.opts.modelsync_node_id = "gpu-09"
+    host.start_app(None, None)
+    service = forge_callbacks.service()
+    service.stop(timeout=60)
+    (webui / "models" / "Lora").rename(webui.parent / "share-not-mounted")
+    (webui / "models" / "Lora").mkdir()  # the share's mount point, nothing mounted
+
+    forge_callbacks._service = None
+    host.start_app(None, None)  # the next start of the WebUI
+    service = forge_callbacks.service()
+    service.stop(timeout=60)
+    report = service.scan_state.report
+    assert report.stats.removed == 0 and [u.files_kept for u in report.unavailable] == [1]
+    node = next(s for s in central_server.get("/api/v1/servers").json()["servers"] if s["id"] == "gpu-09")
+    assert (node["file_count"], node["unreachable_count"]) == (2, 1)
+    shown = TabActions(service).report_markdown()
+    assert "Unavailable" in shown and "Lora" in shown and "unmounted share" in shown
