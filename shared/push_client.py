@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -30,12 +30,40 @@ PREVIEW_SUFFIX = ".preview.jpeg"
 
 
 class PushError(Exception):
-    """The server refused or could not be reached; `status` is the HTTP status (None: no answer)."""
+    """The server refused or could not be reached; `status` is the HTTP status (None: no answer). str() is one
+    sentence that says what is wrong and what to do."""
 
     def __init__(self, message: str, status: int | None = None, field: str | None = None):
         super().__init__(message)
         self.status = status
         self.field = field
+
+
+def check_server_url(url: str) -> str:
+    """The central server's base URL, or PushError saying how to write one."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise PushError(f"{url!r} is not a server URL: write it with its scheme, e.g. http://{url.strip() or 'central'}:8188"
+                        if "://" not in url else f"{url!r} is not a server URL: it must start with http:// or https://")
+    return url.strip().rstrip("/") + "/"
+
+
+def describe_failure(exc: requests.RequestException, base_url: str, timeout: float) -> str:
+    """What a failed request means, in words."""
+    host = urlsplit(base_url).hostname or base_url
+    text = str(exc)
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"no answer from {base_url} within {timeout:g} s: check the host and the port, and any firewall between"
+    if isinstance(exc, requests.ReadTimeout):
+        return f"{base_url} took the connection but did not answer within {timeout:g} s: the server is stuck or overloaded"
+    if isinstance(exc, requests.ConnectionError):
+        if any(s in text for s in ("Name or service not known", "nodename nor servname", "Failed to resolve",
+                                   "Temporary failure in name resolution", "No address associated")):
+            return f"unknown host {host!r}: check the server URL"
+        if "Connection refused" in text or "Errno 111" in text:
+            return f"nothing listens at {base_url} (connection refused): is `modelsync serve` running there, on that port?"
+        return f"the connection to {base_url} failed: {type(exc).__name__}; check that the central server is running"
+    return f"cannot reach {base_url}: {type(exc).__name__}"
 
 
 @dataclass
@@ -104,7 +132,7 @@ class ServerClient:
         backoff: float = 0.5,
         session: requests.Session | None = None,
     ):
-        self.base_url = base_url.rstrip("/") + "/"
+        self.base_url = check_server_url(base_url)
         self.credentials = credentials
         self.timeout = timeout
         self.session = session or _session(retries, backoff)
@@ -125,18 +153,33 @@ class ServerClient:
         try:
             response = self.session.request(method, self._url(path), headers=headers, timeout=timeout, **kwargs)
         except requests.RequestException as exc:
-            raise PushError(f"cannot reach {self.base_url}: {exc}") from None
+            raise PushError(describe_failure(exc, self.base_url, timeout)) from None
         try:
             answer = response.json()
         except ValueError:
             answer = None
-        if response.status_code != 200:
-            message = answer.get("error") if isinstance(answer, dict) else response.text[:200]
+        if response.status_code not in (200, 201):
+            message = answer.get("error") if isinstance(answer, dict) else None
             field = answer.get("field") if isinstance(answer, dict) else None
-            raise PushError(f"HTTP {response.status_code}: {message}", response.status_code, field)
+            raise PushError(self._refusal(response.status_code, path, message), response.status_code, field)
         if not isinstance(answer, dict):
-            raise PushError("the server's answer is not a JSON object", response.status_code)
+            raise PushError(f"{self.base_url} answered, but not as a modelsync server does (no JSON object): check the URL",
+                            response.status_code)
         return answer
+
+    def _refusal(self, status: int, path: str, message: str | None) -> str:
+        if message is None or (status == 404 and message == "Not Found"):
+            return f"{self.base_url} answered HTTP {status} for /{path.lstrip('/')}, not as a modelsync server does: check the URL"
+        if status == 403 and self.credentials.token and self.credentials.store is not None and "token" in message:
+            return (f"HTTP 403: {message}. This node's token is stored in {self.credentials.store}: ask the admin for a "
+                    f"new one (`modelsync token issue {self.credentials.server_id}` on the server) and pass it with --token")
+        return f"HTTP {status}: {message}"
+
+    def get_json(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._request("GET", path, params=params)
+
+    def post_json(self, path: str, body: Any) -> dict[str, Any]:
+        return self._request("POST", path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
 
     def _post(self, path: str, body: bytes, extra_headers: dict[str, str]) -> dict[str, Any]:
         answer = self._request("POST", path, data=body, headers=extra_headers)
@@ -179,7 +222,7 @@ class ServerClient:
         try:
             response = self.session.get(self._url(preview_url), headers=self._headers(), timeout=self.timeout, stream=True)
         except requests.RequestException as exc:
-            raise PushError(f"cannot reach {self.base_url}: {exc}") from None
+            raise PushError(describe_failure(exc, self.base_url, self.timeout)) from None
         with response:
             if response.status_code == 404:
                 return None

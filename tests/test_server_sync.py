@@ -196,8 +196,14 @@ def test_push_client_reports_refusals(central_server, tmp_path):
         intruder.heartbeat()
     assert error.value.status == 403 and error.value.field == "Authorization"
     unreachable = ServerClient("http://127.0.0.1:9", NodeCredentials("n1"), retries=0)
-    with pytest.raises(PushError, match="cannot reach"):
+    with pytest.raises(PushError, match="nothing listens at http://127.0.0.1:9/ .connection refused.: is `modelsync serve`"):
         unreachable.heartbeat()
+    with pytest.raises(PushError, match="unknown host 'no-such-host.invalid': check the server URL"):
+        ServerClient("http://no-such-host.invalid:8188", NodeCredentials("n1"), retries=0).heartbeat()
+    with pytest.raises(PushError, match="write it with its scheme, e.g. http://127.0.0.1:8188"):
+        ServerClient("127.0.0.1:8188", NodeCredentials("n1"))
+    with pytest.raises(PushError, match="not as a modelsync server does"):
+        ServerClient(central_server.base_url + "/dashboard/", NodeCredentials("n1"), retries=0).heartbeat()
 
 
 def test_preview_path_is_beside_the_model():
