@@ -4,3 +4,5 @@ The repository root is the `modelsync` package so that every internal import is 
 (`modelsync.shared...`): inside Forge, other extensions' top-level `shared`, `server` or `utils`
 modules cannot shadow ours.
 """
+
+__version__ = "0.2.0"

@@ -1,185 +1,184 @@
-"""The `modelsync` command: scan, hash and serve without Forge."""
+"""modelsync: which Stable Diffusion model is on which Forge/A1111 node.
+
+Each command is a thin face of the library; the modules behind them are imported only when the command runs, so
+`--help`, `--version` and `hash` start at once."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
+import importlib
 import logging
-import os
 import socket
 import sys
-from pathlib import Path
 
-from tqdm.contrib.logging import logging_redirect_tqdm
+from modelsync import __version__
+from modelsync.shared.records import DEFAULT_MAX_HASH_SIZE, ROLES
 
-from modelsync.shared.catalog import migrate, open_catalog
-from modelsync.shared.hashing import hash_file
-from modelsync.shared.model_folders import roots_for
-from modelsync.shared.records import ROLES, Root
-from modelsync.shared.scanner import DEFAULT_MAX_HASH_SIZE, scan
-
-from .progress_bar import ScanProgressBar
-
-log = logging.getLogger("modelsync")
+from .errors import CliError
 
 
-def data_path() -> Path:
-    return Path(os.environ.get("CONFIG_DATA_PATH", "./data"))
+def _role_root(text: str):
+    from modelsync.shared.records import Root
 
-
-def _role_root(text: str) -> Root:
     kind, sep, folder = text.partition("=")
     if not sep or kind not in ROLES or not folder:
         raise argparse.ArgumentTypeError(f"expected KIND=DIR with KIND one of {', '.join(ROLES)}, got {text!r}")
-    return Root(folder, kind)
+    import os
+
+    return Root(os.path.abspath(folder), kind)
 
 
-def _roots(args: argparse.Namespace) -> list[Root]:
-    roots: list[Root] = []
-    for folder in args.roots:
-        roots.extend(roots_for(folder))
-    roots.extend(args.role)
-    return roots
+def _size(text: str) -> int:
+    from modelsync.shared.units import parse_size
 
-
-def cmd_scan(args: argparse.Namespace) -> int:
-    roots = _roots(args)
-    if not roots:
-        print("modelsync scan: give at least one folder (ROOT or --role KIND=DIR)", file=sys.stderr)
-        return 2
-    db = open_catalog(Path(args.data) / "catalog.db")
-    migrate(db)
-    bar = None if args.json or not sys.stderr.isatty() else ScanProgressBar()
-    with logging_redirect_tqdm() if bar else contextlib.nullcontext():
-        try:
-            report = scan(
-                roots,
-                db,
-                args.server_id,
-                calculate_hashes=args.hash,
-                workers=args.workers,
-                max_hash_size=args.max_size,
-                progress=bar.update if bar else None,
-                display_name=args.display_name,
-                api_url=args.api_url,
-                forget_unreachable=args.forget_missing,
-            )
-        finally:
-            if bar:
-                bar.close()
-    result = report.to_dict()
-    push_failed = False
-    if args.push:
-        result["push"] = _push(args, report)
-        push_failed = "error" in result["push"]
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print(report.message)
-        for problem in report.problems:
-            print(f"  error: {problem.path}: {problem.reason}")
-        for dup in report.duplicates:
-            print(f"  duplicate {dup.sha256[:10]}: " + ", ".join(dup.paths))
-        if args.push:
-            print(f"Pushed to {args.push}: {result['push']}")
-    if report.unavailable:
-        folders = ", ".join(u.path for u in report.unavailable)
-        print(f"modelsync scan: unavailable: {folders}; their files are kept (use --forget-missing to drop them)",
-              file=sys.stderr)
-    if push_failed:
-        print(f"modelsync scan: the push to {args.push} failed: {result['push']['error']}", file=sys.stderr)
-    return 1 if report.unavailable or push_failed else 0
-
-
-def _push(args: argparse.Namespace, report) -> dict:
-    from modelsync.shared.push_client import NodeCredentials, PushError, ServerClient
-
-    credentials = NodeCredentials.load(Path(args.data), args.server_id, args.token or os.environ.get("MODELSYNC_TOKEN") or None)
-    client = ServerClient(args.push, credentials)
     try:
-        answer = client.push_inventory(report.inventory)
-        written = client.save_previews(report.inventory, answer)
-    except PushError as exc:
-        return {"error": str(exc)}
-    summary = {k: v for k, v in answer.items() if k in ("added", "updated", "removed", "unchanged", "unusable", "registered")}
-    return {**summary, "previews_written": len(written), "warnings": answer.get("warnings", [])}
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def cmd_hash(args: argparse.Namespace) -> int:
-    results, status = [], 0
-    for path in args.files:
-        try:
-            h = hash_file(path)
-        except OSError as exc:
-            results.append({"path": path, "error": str(exc)})
-            status = 1
-            continue
-        results.append({"path": path, "size": os.path.getsize(path), **h.as_dict()})
-    if args.json:
-        json.dump(results, sys.stdout, indent=2)
-        print()
-        return status
-    for r in results:
-        if "error" in r:
-            print(f"{r['path']}\n  error   {r['error']}", file=sys.stderr)
-            continue
-        print(r["path"])
-        print(f"  sha256  {r['sha256']}")
-        print(f"  autov2  {r['autov2']}")
-        print(f"  autov1  {r['autov1'] or '-'}")
-        print(f"  autov3  {r['autov3'] or '-'}")
-    return status
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    from modelsync.server.main import run
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1-65535, got {text!r}")
+    return value
 
-    run(args.host, args.port)
-    return 0
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line, not the usage block."""
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modelsync", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log every file's decisions")
-    sub = parser.add_subparsers(dest="command", required=True)
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="log every file's decisions (and the INFO lines)")
+    parser = _Parser(prog="modelsync", description=__doc__.split("\n\n")[0], parents=[common])
+    parser.set_defaults(verbose=0)
+    parser.add_argument("--version", action="version", version=f"modelsync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("scan", help="scan model folders into the local catalog")
+    def command(name: str, func: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    def node_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data", default=None, help="the node's folder (default: $CONFIG_DATA_PATH, else the user's data "
+                                                   "folder, e.g. ~/.local/share/modelsync)")
+        p.add_argument("--server-id", default=socket.gethostname(), help="this node's id (default: host name)")
+
+    def server_options(p: argparse.ArgumentParser, token_help: str) -> None:
+        p.add_argument("--server", default=None, metavar="URL", help="the central server (default: $MODELSYNC_SERVER)")
+        p.add_argument("--token", default=None, help=token_help)
+        p.add_argument("--json", action="store_true", help="the server's answer as JSON")
+
+    p = command("scan", "local:cmd_scan", "scan model folders into the node's catalog (and push it)")
     p.add_argument("roots", nargs="*", metavar="ROOT", help="a folder; a Forge/A1111 models/ folder maps its sub-folders to roles")
     p.add_argument("--role", action="append", default=[], type=_role_root, metavar="KIND=DIR", help="a folder with a role")
     p.add_argument("--hash", action="store_true", help="calculate hashes of new and changed files")
-    p.add_argument("--json", action="store_true", help="print the full result as JSON (no progress bar)")
-    p.add_argument("--workers", type=int, default=None, help="files hashed in parallel (default: CPU count)")
-    p.add_argument("--max-size", type=int, default=DEFAULT_MAX_HASH_SIZE, help="skip hashing files over this many bytes")
-    p.add_argument("--data", default=str(data_path()), help="catalog folder (default: $CONFIG_DATA_PATH or ./data)")
-    p.add_argument("--server-id", default=socket.gethostname(), help="this node's id (default: host name)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON, with every file's record")
+    p.add_argument("--workers", type=_positive, default=None, help="files hashed in parallel (default: CPU count)")
+    p.add_argument("--max-size", type=_size, default=DEFAULT_MAX_HASH_SIZE, metavar="SIZE",
+                   help="skip hashing files over this size: bytes or 15GB, 1.5GiB ... (default: 15GB)")
+    node_options(p)
     p.add_argument("--display-name", default=None)
     p.add_argument("--api-url", default=None, help="where the job queue reaches this node's A1111 API")
     p.add_argument("--push", metavar="URL", default=None, help="push the inventory to this central server")
-    p.add_argument("--token", default=None, help="this node's push token (default: $MODELSYNC_TOKEN, or the one stored at registration)")
+    p.add_argument("--token", default=None, help="this node's push token (default: $MODELSYNC_TOKEN, or the one stored at "
+                                                "registration); stored once the server accepts it")
     p.add_argument("--forget-missing", action="store_true",
                    help="drop the catalog's files under folders that cannot be read now (by default they are kept, "
                         "flagged unreachable, and the command exits 1)")
-    p.set_defaults(func=cmd_scan)
 
-    p = sub.add_parser("hash", help="print every hash of files")
+    p = command("hash", "local:cmd_hash", "print every hash of files (SHA256, AutoV2, AutoV1, AutoV3)")
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_hash)
 
-    p = sub.add_parser("serve", help="run the central server")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8188)
-    p.set_defaults(func=cmd_serve)
+    p = command("models", "local:cmd_models", "list the files in this node's catalog")
+    for name, help_text in (("--type", "what the content is: checkpoint, lora, vae, ..."), ("--base", "sd1, sdxl, flux1, ..."),
+                            ("--role", "the folder's role"), ("--text", "a part of the name or relative name")):
+        p.add_argument(name, default=None, help=help_text)
+    p.add_argument("--unhashed", action="store_true", help="only files not hashed yet")
+    p.add_argument("--duplicates", action="store_true", help="only files whose content is at another path too")
+    p.add_argument("--problems", action="store_true", help="only broken or unreachable files, or those with a problem")
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--csv", action="store_true")
+    node_options(p)
+
+    p = command("show", "local:cmd_show", "everything the catalog knows of a file: hashes, fields and their sources")
+    p.add_argument("ref", metavar="FILE|SHA256|AUTOV2")
+    p.add_argument("--json", action="store_true")
+    node_options(p)
+
+    p = command("fleet", "remote:cmd_fleet", "what the central server knows: its nodes, models, most-wanted models")
+    p.add_argument("what", choices=("nodes", "models", "wanted"))
+    server_options(p, "the queue or admin token when the server asks for one (default: $MODELSYNC_QUEUE_TOKEN)")
+    p.add_argument("--type", default=None, help="models: only this type")
+    p.add_argument("--text", default=None, help="models: a part of the name")
+    p.add_argument("--limit", type=_positive, default=100)
+
+    job = sub.add_parser("job", help="the job checks a queue makes", parents=[common])
+    job_sub = job.add_subparsers(dest="job_command", required=True, metavar="COMMAND")
+    p = job_sub.add_parser("check", parents=[common], help="can a job run, where, and in which node's names",
+                           description="Without --node: the pre-submission check. With --node: the pre-dispatch check, "
+                                       "whose payload is the job in that node's names. Exit 0 when it can run.")
+    p.set_defaults(func="remote:cmd_job_check")
+    p.add_argument("job", metavar="JOB_FILE|-", help="an A1111/Forge API body (JSON), an infotext, a StableQueue job")
+    p.add_argument("--node", default=None, help="the node the queue would send it to")
+    p.add_argument("--record", action="store_true", help="count it for the most-wanted list (a look only by default)")
+    server_options(p, "the queue or admin token when the server asks for one (default: $MODELSYNC_QUEUE_TOKEN)")
+
+    token = sub.add_parser("token", help="node tokens", parents=[common])
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    p = token_sub.add_parser("issue", parents=[common], help="issue (or reset) a node's token and print it")
+    p.set_defaults(func="remote:cmd_token_issue")
+    p.add_argument("node_id", metavar="NODE_ID")
+    p.add_argument("--data", default=None, help="the server's data folder (default: $CONFIG_DATA_PATH, else ./data)")
+    p.add_argument("--server", default=None, metavar="URL", help="ask a running server instead (needs the admin token)")
+    p.add_argument("--admin-token", default=None, help="with --server (default: $MODELSYNC_ADMIN_TOKEN)")
+    p.add_argument("--json", action="store_true")
+
+    p = command("serve", "serve:cmd_serve", "run the central server (SQLite in $CONFIG_DATA_PATH, default ./data)")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
+    p.add_argument("--port", type=_port, default=8188)
     return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings say nothing the final error does not
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet = getattr(args, "json", False) and not args.verbose
-    level = logging.WARNING if quiet else logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    _configure_logging(args.verbose)
+    module, function = args.func.split(":")
+    command = " ".join(filter(None, (args.command, getattr(args, "job_command", None), getattr(args, "token_command", None))))
+    try:
+        return getattr(importlib.import_module(f"modelsync.cli.{module}"), function)(args)
+    except CliError as exc:
+        print(f"modelsync {command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print(f"modelsync {command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -326,3 +326,17 @@ def migrate(db: sqlite_utils.Database, before_step: Callable[[int], None] | None
             db.conn.execute(f"PRAGMA user_version = {version + 1}")
         applied.append(version + 1)
     return applied
+
+
+def adopt_node_id(db: sqlite_utils.Database, server_id: str) -> str | None:
+    """In a node's own catalog, which holds one node: the rows kept under a previous id become this id's, so a
+    renamed node hashes nothing again. Returns the previous id, if there was one."""
+    ids = {row[0] for row in db.conn.execute(
+        "SELECT server_id FROM model_server_availability UNION SELECT server_id FROM unusable_files")}
+    if server_id in ids or len(ids) != 1:
+        return None
+    previous = ids.pop()
+    with write_transaction(db):
+        for table in ("model_server_availability", "model_aliases", "unusable_files"):
+            db.conn.execute(f"UPDATE {table} SET server_id = ? WHERE server_id = ?", [server_id, previous])
+    return previous

@@ -7,6 +7,7 @@ from typing import Any
 MODEL_EXTENSIONS = frozenset({".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".gguf"})
 SAFETENSORS_EXTENSIONS = frozenset({".safetensors", ".sft"})
 PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pth"})
+DEFAULT_MAX_HASH_SIZE = 15 * 10**9  # a scan hashes no larger file unless told
 
 # The folder a root is loaded from by Forge/A1111 (what the host will use the file as).
 ROLES = (

@@ -23,6 +23,7 @@ from .metadata_merge import merge
 from .metadata_sources import from_a1111, from_civitai_model, from_civitai_version, from_embedded
 from .model_header import HeaderError, read_header
 from .records import (
+    DEFAULT_MAX_HASH_SIZE,
     DiscoveredModel,
     Discovery,
     FileHashes,
@@ -35,7 +36,6 @@ from .sidecars import Sidecar, SidecarError, SidecarIndex, read_sidecar
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_HASH_SIZE = 15 * 10**9
 STATUS_EVERY = 10
 
 
