@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-token", default=None, help="with --server (default: $MODELSYNC_ADMIN_TOKEN)")
     p.add_argument("--json", action="store_true")
 
+    p = command("backup", "serve:cmd_backup", "copy the central server's live registry (safe while it runs)")
+    p.add_argument("--data", default=None, help="the server's data folder (default: $CONFIG_DATA_PATH, else ./data)")
+    p.add_argument("--to", default=None, metavar="FOLDER", help="where the copy goes (default: DATA/backups)")
+
     p = command("serve", "serve:cmd_serve", "run the central server (SQLite in $CONFIG_DATA_PATH, default ./data)")
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
     p.add_argument("--port", type=_port, default=8188)

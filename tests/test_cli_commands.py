@@ -187,3 +187,18 @@ def test_small_things(tmp_path, models):
     assert " DEBUG " in verbose.stderr
     small = run("scan", str(models), "--hash", "--json", "--max-size", "1KiB", "--data", str(tmp_path / "m"), cwd=tmp_path)
     assert json.loads(small.stdout)["hashesSkipped"] == 4
+
+
+def test_backup_copies_the_live_registry_while_the_server_runs(tmp_path, models, central_server):
+    run("scan", str(models), "--hash", "--server-id", "gpu-01", "--data", str(tmp_path / "node"), "--push",
+        central_server.base_url, cwd=tmp_path)
+    out = run("backup", "--data", str(central_server.data_path), "--to", str(tmp_path / "copies"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    copy = Path(out.stdout.strip())
+    assert copy.parent == tmp_path / "copies"
+    import sqlite3
+
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("SELECT COUNT(*) FROM model_server_availability").fetchone()[0] == 4
+    assert "no registry at" in one_line_error(run("backup", "--data", str(tmp_path / "none"), cwd=tmp_path))
