@@ -112,8 +112,11 @@ def _record_sync(db: sqlite_utils.Database, server_id: str, summary: dict[str, A
                  inventory: Inventory | None) -> str:
     now = iso(utc_now())
     with write_transaction(db):
-        if inventory is None:
-            db.conn.execute("UPDATE servers SET last_sync = ? WHERE id = ?", [now, server_id])
+        if inventory is None:  # an unchanged re-send: the last sync added, updated and removed nothing
+            row = db.conn.execute("SELECT last_sync_summary FROM servers WHERE id = ?", [server_id]).fetchone()
+            previous = json.loads(row[0]) if row and row[0] else {}
+            db.conn.execute("UPDATE servers SET last_sync = ?, last_sync_summary = ? WHERE id = ?",
+                            [now, json.dumps({**previous, **(summary or {})}), server_id])
         else:
             unavailable = [{"path": path, "reason": reason} for path, reason in sorted(inventory.unavailable.items())]
             db.conn.execute(
@@ -156,7 +159,7 @@ def sync_inventory(db: sqlite_utils.Database, inventory: Inventory, digest: str)
 def answer_unchanged(db: sqlite_utils.Database, server_id: str, body: dict[str, Any], digest: str) -> dict[str, Any]:
     """The same body as the last applied one (same digest, so it was validated then): nothing to apply."""
     files = [f for f in body["files"] if f.get("state", "ok") == "ok"]
-    now = _record_sync(db, server_id, None, digest, None)
+    now = _record_sync(db, server_id, {"added": 0, "updated": 0, "removed": 0, "unchanged": len(files)}, digest, None)
     facts = (
         FileFacts((f.get("sha256") or "").lower() or None, {k for k, v in (f.get("metadata") or {}).items() if v is not None}, bool(f.get("has_preview")))
         for f in files

@@ -69,6 +69,8 @@ def test_first_sync_registers_adds_everything_and_a_resend_changes_nothing(node,
     assert (again["added"], again["updated"], again["removed"], again["unchanged"]) == (0, 0, 0, 3)
     assert again["registered"] is False and "token" not in again
     assert db.execute("SELECT COUNT(*), MAX(last_seen) FROM model_server_availability").fetchone() == changes_before
+    summary = central_server.get("/api/v1/servers").json()["servers"][0]["last_sync_summary"]
+    assert (summary["added"], summary["unchanged"], summary["files"]) == (0, 3, 3)  # not the first sync's "added 3"
 
 
 def test_files_the_node_no_longer_has_are_removed_but_models_stay(node, central_server):
