@@ -23,6 +23,7 @@ MATRIX_PAGE_SIZE = 50
 class MatrixRow:
     model_id: int
     label: str
+    autov2: str  # tells apart models of the same name (nodes holding different files under one name)
     held_by: set[str]
 
 
@@ -73,12 +74,12 @@ def matrix(db: sqlite_utils.Database, liveness: Liveness, model_type: str, page:
     result.total = db.conn.execute(f"SELECT COUNT(*) FROM models m WHERE {where}", args).fetchone()[0]
     result.pages = (result.total + MATRIX_PAGE_SIZE - 1) // MATRIX_PAGE_SIZE
     rows = db.conn.execute(
-        f"""SELECT m.id, COALESCE(m.name, m.filename, m.hash_autov2) AS label FROM models m WHERE {where}
+        f"""SELECT m.id, COALESCE(m.name, m.filename, m.hash_autov2) AS label, m.hash_autov2 FROM models m WHERE {where}
             ORDER BY label COLLATE NOCASE, m.id LIMIT ? OFFSET ?""",
         [*args, MATRIX_PAGE_SIZE, (result.page - 1) * MATRIX_PAGE_SIZE],
     ).fetchall()
     held = holders(db, [r[0] for r in rows])
-    result.rows = [MatrixRow(model_id, label, set(held[model_id])) for model_id, label in rows]
+    result.rows = [MatrixRow(model_id, label, autov2, set(held[model_id])) for model_id, label, autov2 in rows]
     return result
 
 

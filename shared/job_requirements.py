@@ -1,7 +1,8 @@
 """What a job needs: every model a job names, in each form a job queue sends, and the same job in one node's names.
 
 Forms (`format`): an A1111/Forge API body (`/sdapi/v1/txt2img`, `/img2img`), an infotext (the "parameters"
-text), a StableQueue job, or an explicit list of requirements; "auto" tells them apart. One walk over the job
+text), a StableQueue job, or an explicit list of requirements; "auto" tells them apart (text that starts with
+`{` or `[` and has no infotext parameter line is JSON text: read as that JSON, or refused). One walk over the job
 serves both reading (`extract`) and rewriting (`rewrite`), so a payload is rewritten exactly where it was read.
 
 A1111's own rules, followed here:
@@ -26,6 +27,9 @@ from .names import normalise_name
 FORMATS = ("auto", "a1111", "infotext", "stablequeue", "requirements")
 MAX_REQUIREMENTS = 256
 MAX_NAME_LENGTH = 1024
+# a job's arrays and objects nest a handful deep; far below the depth where Python's JSON reading or writing
+# (the dispatch answer echoes the job) runs out of recursion
+MAX_JOB_DEPTH = 64
 
 # reference kind -> the node-side kinds (names.kind_of) that satisfy it
 KINDS: dict[str, frozenset[str]] = {
@@ -674,6 +678,39 @@ def detect_format(job: Any) -> str:
                                 "or a list of requirements")
 
 
+def _has_parameter_line(text: str) -> bool:
+    """Whether the text ends in an infotext's parameter line (`Steps: 20, Sampler: Euler, ...`): a line of its own
+    after the prompt, starting with a `key:` and holding three or more of them (A1111's rule). No JSON text's
+    last line starts with a bare `key:`."""
+    lines = text.strip().split("\n")
+    return len(lines) > 1 and _INFOTEXT_PARAM.match(lines[-1]) is not None and len(_infotext_params(lines[-1])) >= 3
+
+
+def _json_text_or_infotext(text: str) -> Any:
+    """A job given as text (format auto): JSON when it starts with `{` or `[` and has no infotext parameter line,
+    else the infotext itself. A prompt may start with `[` or `{`: with its parameter line it stays an infotext."""
+    if not text.lstrip().startswith(("{", "[")) or _has_parameter_line(text):
+        return text
+    hint = ('a text that starts with "{" or "[" and has no infotext parameter line (Steps: ...) is read as JSON; '
+            'send "format": "infotext" to read it as an infotext')
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobFormatError("job", f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno} ({hint})") \
+            from None
+    except RecursionError:
+        raise JobFormatError("job", f"is JSON nested too deeply to read ({hint})") from None
+
+
+def _expect_shallow(job: Any) -> None:
+    stack = [(job, 1)] if isinstance(job, (dict, list)) else []
+    while stack:
+        value, depth = stack.pop()
+        _expect(depth <= MAX_JOB_DEPTH, "job", f"nests arrays or objects more than {MAX_JOB_DEPTH} deep")
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+
+
 def _walk(job: Any, fmt: str, walk: _Walk) -> Any:
     if fmt == "a1111":
         return walk.a1111(job, "job")
@@ -689,6 +726,9 @@ def extract(job: Any, fmt: str = "auto", embeddings: EmbeddingNames | None = Non
     """Every model the job names, once each (with every place it is named); raises JobFormatError naming the field."""
     _expect(fmt in FORMATS, "format", f"must be one of {', '.join(FORMATS)}")
     embeddings = embeddings or EmbeddingNames()
+    if fmt == "auto" and isinstance(job, str):
+        job = _json_text_or_infotext(job)
+    _expect_shallow(job)
     fmt = detect_format(job) if fmt == "auto" else fmt
     requirements: dict[tuple, Requirement] = {}
 

@@ -8,6 +8,12 @@ folded, `\\` = `/`); a hash through the models' hash columns: SHA256, AutoV2, Au
 resolves only to models some node holds as the right kind (`names.kind_of`), or, by hash, to a model no node
 holds. More than one model → ambiguous, with the candidates; a name and a hash naming different models →
 conflict. Nothing is guessed.
+
+A name alone that names different content on different nodes (two nodes each holding their own `sdxl_vae`) is a
+`name_conflict` rather than ambiguous when each such node holds exactly one model of that name: A1111 on that
+node loads its own, so the job runs there (with a warning naming the other nodes' content); a node holding
+several is still ambiguous. With `name_conflicts="strict"` (MODELSYNC_NAME_CONFLICTS) it is ambiguous everywhere.
+Such a reference never identifies content for the fleet: it is not a reason to copy or download a model.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from .job_requirements import (
 from .names import aliases, kind_of, normalise_name, stem, strip_extension
 
 ACTIONS = ("retry_later", "route_elsewhere", "fail")
+NAME_CONFLICT_MODES = ("per-node", "strict")
 LAST_USED_GRANULARITY_SECONDS = 60  # an approved dispatch writes last_used at most once a minute per model
 _WINDOWS_PATH = re.compile(r"^(?:[A-Za-z]:[\\/]|\\\\)")
 # most specific first: what a name matched is reported as the first of these
@@ -103,11 +110,16 @@ class ModelMatch:
 @dataclass
 class Resolution:
     requirement: Requirement
-    status: str  # resolved | ambiguous | unknown | conflict
+    # resolved | name_conflict (a name alone, different content per node: `by_node`) | ambiguous | unknown | conflict
+    status: str
     reason: str
     match_type: str | None = None
     model: ModelMatch | None = None
     candidates: list[ModelMatch] = field(default_factory=list)
+    # name_conflict: node -> the one candidate that node holds under the name (what A1111 there loads), and
+    # candidate -> every node naming it so (a node naming several is ambiguous there)
+    by_node: dict[str, ModelMatch] = field(default_factory=dict)
+    named_by: dict[int, list[str]] = field(default_factory=dict)
     # nodes that hold the model but whose name for it also names another model of its kind there
     clashes: set[str] = field(default_factory=set)
     # nodes listing a file under the referenced name that they have not hashed yet (the model is on its way)
@@ -120,23 +132,35 @@ class Resolution:
 
     @property
     def held(self) -> bool:
-        return self.model is not None and bool(self.model.copies)
+        return bool(self.by_node) or (self.model is not None and bool(self.model.copies))
+
+    def model_on(self, server_id: str | None) -> ModelMatch | None:
+        """The model this reference loads on that node (the fleet's one model, or that node's own); for no node
+        in particular, the fleet's one model if there is one."""
+        return self.by_node.get(server_id) if self.status == "name_conflict" else self.model
 
     def usable_on(self, server_id: str) -> bool:
-        return self.model is not None and server_id in self.model.copies and server_id not in self.clashes
+        model = self.model_on(server_id)
+        return model is not None and server_id in model.copies and server_id not in self.clashes
 
     def holders(self) -> list[str]:
-        return sorted(s for s in self.model.copies if s not in self.clashes) if self.model else []
+        nodes = self.by_node if self.status == "name_conflict" else self.model.copies if self.model else {}
+        return sorted(s for s in nodes if s not in self.clashes)
 
     def local_name(self, server_id: str) -> LocalName:
         found = self._local_names.get(server_id)
         if found is None:
-            assert self.model is not None
-            found = self._local_names[server_id] = node_local_name(self.reference.kind, self.model.copies[server_id], self.model.row)
+            model = self.model_on(server_id)
+            assert model is not None
+            found = self._local_names[server_id] = node_local_name(self.reference.kind, model.copies[server_id], model.row)
         return found
 
     def why_missing_on(self, server_id: str) -> str:
-        if self.status != "resolved":
+        if self.status == "name_conflict" and server_id not in self.by_node:
+            if any(server_id in nodes for nodes in self.named_by.values()):  # it names several models so
+                return "ambiguous"
+            return "pending" if server_id in self.pending_on else "not_on_node"
+        if self.status not in ("resolved", "name_conflict"):
             return self.status
         if server_id in self.clashes:
             return "name_clash"
@@ -302,7 +326,23 @@ def _name_matches(ref: ModelReference, reg: _Registry) -> tuple[dict[int, list[s
     return ordered, other_kind - set(matches)
 
 
-def _resolve_one(requirement: Requirement, reg: _Registry) -> Resolution:
+def _named_on(ref: ModelReference, reg: _Registry, ids: Iterable[int]) -> dict[str, set[int]]:
+    """node -> which of these models that node itself names so, as the reference's kind."""
+    accepted, wanted = KINDS[ref.kind], set(ids)
+    name = normalise_name(ref.name or "")
+    found: dict[str, set[int]] = {}
+    for _, model_id, server_id in reg.aliases.get(name, ()):
+        if model_id in wanted and reg.kinds_on[model_id].get(server_id, set()) & accepted:
+            found.setdefault(server_id, set()).add(model_id)
+    if ref.name_may_be_hash:  # a hash names the model on every node holding it
+        for model_id in wanted & reg.hashes.get(HashRef("any", name), {}).keys():
+            for server_id, kinds in reg.kinds_on.get(model_id, {}).items():
+                if kinds & accepted:
+                    found.setdefault(server_id, set()).add(model_id)
+    return found
+
+
+def _resolve_one(requirement: Requirement, reg: _Registry, per_node: bool) -> Resolution:
     ref = requirement.reference
     accepted = KINDS[ref.kind]
     by_name, other_kind = _name_matches(ref, reg) if ref.name else ({}, set())
@@ -321,6 +361,20 @@ def _resolve_one(requirement: Requirement, reg: _Registry) -> Resolution:
             return Resolution(requirement, "resolved", f"{_label(ref)} is model {model_id} by {how}{note}, {where}",
                               matched_by[0] if matched_by else how, found)
         candidates = [match(m, by) for m, by in sorted(ids.items())]
+        if per_node and how == "name":
+            by_id = {c.id: c for c in candidates}
+            named_on = _named_on(ref, reg, ids)
+            by_node = {node: by_id[model_id] for node, (model_id, *more) in named_on.items()
+                       if not more and node in by_id[model_id].copies}
+            if by_node:
+                named_by: dict[int, list[str]] = {c.id: [] for c in candidates}
+                for node in sorted(named_on):
+                    for model_id in named_on[node]:
+                        named_by[model_id].append(node)
+                return Resolution(requirement, "name_conflict",
+                                  f"{_label(ref)} names {len(candidates)} different models on different nodes{note}; "
+                                  f"by name alone each of {len(by_node)} node(s) loads its own (name it by SHA256 to "
+                                  f"choose one)", how, candidates=candidates, by_node=by_node, named_by=named_by)
         return Resolution(requirement, "ambiguous",
                           f"{_label(ref)} names {len(candidates)} different models; name it by SHA256 to choose",
                           how, candidates=candidates)
@@ -331,7 +385,7 @@ def _resolve_one(requirement: Requirement, reg: _Registry) -> Resolution:
         reason = f"no node has a {ref.kind} named {ref.describe()!r}"
         if other_kind:
             kinds = sorted({c.kind for m in other_kind for c in reg.copies.get(m, [])})
-            reason += f" (that name is a {' / '.join(kinds)} there)"
+            reason += f" (there that name is of another kind: {' / '.join(kinds)})"
         return Resolution(requirement, "unknown", reason)
 
     strong = set.intersection(*(set(ids) for ids in identifiers))
@@ -373,20 +427,26 @@ def _mark_clashes(db: sqlite_utils.Database, resolutions: list[Resolution], reg:
     unread: dict[tuple[str, str], list[tuple[Resolution, str]]] = {}  # (alias kind, name) -> (resolution, node)
     for res in resolutions:
         alias_kind = _CLASH_ALIAS.get(res.reference.kind)
-        if res.model is None or alias_kind is None or (res.reference.kind == "controlnet" and res.model.row["hash_autov1"]):
+        if alias_kind is None:
             continue
         accepted = KINDS[res.reference.kind]
-        nodes_by_rel_name: dict[str, list[str]] = {}  # for these kinds the local name depends on the rel_name only
-        for server_id, copy in res.model.copies.items():
-            nodes_by_rel_name.setdefault(copy.rel_name, []).append(server_id)
-        for nodes in nodes_by_rel_name.values():
+        # for these kinds the local name depends on the rel_name only: (model, rel_name) -> the nodes that load it so
+        nodes_by_rel_name: dict[tuple[int, str], list[str]] = {}
+        if res.status == "name_conflict":
+            loaded = list(res.by_node.items())
+        else:
+            loaded = [(server_id, res.model) for server_id in res.model.copies] if res.model else []
+        for server_id, model in loaded:
+            if not (res.reference.kind == "controlnet" and model.row["hash_autov1"]):
+                nodes_by_rel_name.setdefault((model.id, model.copies[server_id].rel_name), []).append(server_id)
+        for (model_id, _), nodes in nodes_by_rel_name.items():
             local = normalise_name(res.local_name(nodes[0]).name)
             if local not in reg.aliases:
                 unread.setdefault((alias_kind, local), []).extend((res, node) for node in nodes)
                 continue
             several = shared(local)
             for server_id in nodes if several else ():
-                others = several.get((alias_kind, server_id), set()) - {res.model.id}
+                others = several.get((alias_kind, server_id), set()) - {model_id}
                 if any(reg.kinds_on[m].get(server_id, set()) & accepted for m in others):
                     res.clashes.add(server_id)
     by_kind: dict[str, list[str]] = {}
@@ -404,12 +464,16 @@ def _mark_clashes(db: sqlite_utils.Database, resolutions: list[Resolution], reg:
             ).fetchall()
             for alias, server_id, model_id, role, content in rows:
                 for res, node in unread.get((alias_kind, alias), ()):
-                    if node == server_id and model_id != res.model.id and kind_of(role, content) in KINDS[res.reference.kind]:
+                    if (node == server_id and model_id != res.model_on(node).id
+                            and kind_of(role, content) in KINDS[res.reference.kind]):
                         res.clashes.add(node)
 
 
-def resolve(db: sqlite_utils.Database, requirements: list[Requirement]) -> list[Resolution]:
-    """Each requirement resolved against the registry (a handful of indexed reads for the whole job)."""
+def resolve(db: sqlite_utils.Database, requirements: list[Requirement], name_conflicts: str = "per-node") -> list[Resolution]:
+    """Each requirement resolved against the registry (a handful of indexed reads for the whole job); a name alone
+    that means different content on different nodes is resolved per node or, with "strict", ambiguous."""
+    if name_conflicts not in NAME_CONFLICT_MODES:
+        raise ValueError(f"name_conflicts must be one of {', '.join(NAME_CONFLICT_MODES)}")
     refs = [r.reference for r in requirements]
     names = sorted({normalise_name(r.name) for r in refs if r.name})
     hash_refs = [h for r in refs for h in r.hashes]
@@ -424,7 +488,7 @@ def resolve(db: sqlite_utils.Database, requirements: list[Requirement]) -> list[
         kinds = reg.kinds_on[model_id] = {}
         for copy in copies:
             kinds.setdefault(copy.server_id, set()).add(copy.kind)
-    resolutions = [_resolve_one(r, reg) for r in requirements]
+    resolutions = [_resolve_one(r, reg, name_conflicts == "per-node") for r in requirements]
     _mark_clashes(db, resolutions, reg)
     return resolutions
 
@@ -487,15 +551,33 @@ def _reference(res: Resolution) -> dict[str, Any]:
     return {"kind": res.reference.kind, "reference": res.reference.describe(), "written": res.requirement.written}
 
 
+def _short(model: ModelMatch) -> dict[str, Any]:
+    """Enough to tell same-named models apart."""
+    return {"id": model.id, "filename": model.row["filename"], "sha256": model.row["hash_sha256"],
+            "autov2": model.row["hash_autov2"]}
+
+
+def _loaded_by(res: Resolution, model: ModelMatch) -> list[str]:
+    return [n for n in res.named_by.get(model.id, ()) if res.by_node.get(n) is model and n not in res.clashes]
+
+
+def _candidate(res: Resolution, model: ModelMatch) -> dict[str, Any]:
+    answer = model.summary() | {"nodes": sorted(model.copies)}
+    if res.status == "name_conflict":
+        answer["loaded_by"] = _loaded_by(res, model)
+    return answer
+
+
 def requirement_answer(res: Resolution, server_id: str | None = None) -> dict[str, Any]:
+    model = res.model_on(server_id)
     answer = {
         **_reference(res),
         "fields": res.requirement.fields,
         "status": res.status,
         "match_type": res.match_type,
         "reason": res.reason,
-        "model": res.model.summary() if res.model else None,
-        "candidates": [c.summary() | {"nodes": sorted(c.copies)} for c in res.candidates],
+        "model": model.summary() if model else None,
+        "candidates": [_candidate(res, c) for c in res.candidates],
         "nodes": res.holders(),
         "pending_on": res.pending_on,
     }
@@ -505,8 +587,32 @@ def requirement_answer(res: Resolution, server_id: str | None = None) -> dict[st
         usable = res.usable_on(server_id)
         answer["local_name"] = res.local_name(server_id).name if usable else None
         if usable and res.reference.kind == "checkpoint":
-            answer["title"] = _title(res.model.copies[server_id], res.model.row)
+            answer["title"] = _title(model.copies[server_id], model.row)
     return answer
+
+
+def _name_conflict_warnings(resolutions: list[Resolution], server_id: str | None = None) -> list[dict[str, Any]]:
+    """For each name that means different content on different nodes: the content grouped with the nodes that
+    name it so; for one node, what it loads and which other nodes hold other content under that name."""
+    warnings = []
+    for res in resolutions:
+        if res.status != "name_conflict" or (server_id is not None and not res.usable_on(server_id)):
+            continue
+        warning = {"type": "name_conflict", **_reference(res)}
+        if server_id is None:
+            warning["reason"] = res.reason
+            warning["models"] = [{**_short(c), "nodes": res.named_by[c.id], "loaded_by": _loaded_by(res, c)}
+                                 for c in res.candidates]
+        else:
+            mine = res.by_node[server_id]
+            others = [(c, res.named_by[c.id]) for c in res.candidates if c is not mine and res.named_by[c.id]]
+            warning["reason"] = (f"{_label(res.reference)} is model {mine.id} [{mine.row['hash_autov2']}] on {server_id}; "
+                                 + "; ".join(f"{', '.join(nodes)} hold(s) model {c.id} [{c.row['hash_autov2']}] under "
+                                             f"that name" for c, nodes in others))
+            warning["model"] = _short(mine)
+            warning["others"] = [{**_short(c), "nodes": nodes} for c, nodes in others]
+        warnings.append(warning)
+    return warnings
 
 
 def _has_all(resolutions: list[Resolution], server_id: str) -> bool:
@@ -536,12 +642,14 @@ def _list(labels: list[str]) -> str:
 def availability(resolutions: list[Resolution], nodes: dict[str, NodeInfo]) -> dict[str, Any]:
     """The pre-submission answer (`model_availability`)."""
     servers = []
+    per_node = [r for r in resolutions if r.status == "name_conflict"]
     for node in nodes.values():
         missing = [{**_reference(r), "why": r.why_missing_on(node.server_id)}
                    for r in resolutions if not r.usable_on(node.server_id)]
-        servers.append({**node.as_dict(), "has_all": not missing, "missing": missing})
+        loads = [{**_reference(r), "model": _short(r.by_node[node.server_id])} for r in per_node if r.usable_on(node.server_id)]
+        servers.append({**node.as_dict(), "has_all": not missing, "missing": missing, "loads": loads})
     candidates = runnable_on(resolutions, nodes)
-    unresolved = [r for r in resolutions if r.status != "resolved"]
+    unresolved = [r for r in resolutions if r.status not in ("resolved", "name_conflict")]
     unheld = [r for r in resolutions if r.status == "resolved" and not r.held]
     if unresolved:
         reason = _list([r.reason for r in unresolved])
@@ -565,6 +673,7 @@ def availability(resolutions: list[Resolution], nodes: dict[str, NodeInfo]) -> d
         "requirements": [requirement_answer(r) for r in resolutions],
         "servers": servers,
         "candidates": [n.as_dict() for n in candidates],
+        "warnings": _name_conflict_warnings(resolutions),
     }
 
 
@@ -585,6 +694,7 @@ def dispatch(parsed: ParsedJob, resolutions: list[Resolution], nodes: dict[str, 
         "payload": None,
         "override_settings": {},
         "nodes": [],
+        "warnings": _name_conflict_warnings(resolutions, server_id),
     }
     if not missing and node.online:
         rewritten = rewrite(parsed, {r.reference.key: r.local_name(server_id) for r in resolutions})
@@ -660,12 +770,14 @@ def verify(db: sqlite_utils.Database, nodes: dict[str, NodeInfo], reference: Mod
 
 
 # --- what happens after an answer: last_used, the wanted counter ---------------------------------------------
-def record_last_used(db: sqlite_utils.Database, resolutions: list[Resolution], now: str | None = None) -> int:
-    """An approved dispatch marks its models used (at most once a minute per model); returns how many were written."""
+def record_last_used(db: sqlite_utils.Database, resolutions: list[Resolution], now: str | None = None,
+                     server_id: str | None = None) -> int:
+    """An approved dispatch (to server_id) marks its models used (at most once a minute per model); returns how
+    many were written. A name that means different content per node marks what that node loads."""
     now = now or utc_now()
     since = (datetime.strptime(now, TIME_FORMAT) - timedelta(seconds=LAST_USED_GRANULARITY_SECONDS)).strftime(TIME_FORMAT)
-    ids = sorted({r.model.id for r in resolutions
-                  if r.model is not None and (r.model.row["last_used"] or "") <= since})
+    models = [r.model_on(server_id) for r in resolutions]
+    ids = sorted({m.id for m in models if m is not None and (m.row["last_used"] or "") <= since})
     if ids:
         with write_transaction(db):
             db.conn.execute(f"UPDATE models SET last_used = ? WHERE id IN ({placeholders(ids)})", [now, *ids])
@@ -716,7 +828,7 @@ def record_wanted(db: sqlite_utils.Database, resolutions: list[Resolution], now:
 
 
 def list_wanted(db: sqlite_utils.Database, *, limit: int = 50, offset: int = 0, kind: str | None = None,
-                missing_only: bool = True) -> dict[str, Any]:
+                missing_only: bool = True, name_conflicts: str = "per-node") -> dict[str, Any]:
     """The most-wanted models, most requested first, each re-resolved now: `available_now` when a node holds it
     today; with missing_only (the default) those are left out."""
     where, params = ("WHERE kind = ?", [kind]) if kind else ("", [])
@@ -730,7 +842,7 @@ def list_wanted(db: sqlite_utils.Database, *, limit: int = 50, offset: int = 0, 
         if not rows:
             break
         resolutions = resolve(db, [Requirement(_reference_from_key(r["kind"], r["reference_key"]), r["reference"], [])
-                                   for r in rows])
+                                   for r in rows], name_conflicts)
         listed += [{**row, "available_now": res.held, "nodes_now": res.holders(),
                     "model": res.model.summary() if res.model else None}
                    for row, res in zip(rows, resolutions) if not (missing_only and res.held)]

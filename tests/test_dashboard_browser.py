@@ -8,7 +8,16 @@ import json
 import re
 
 import pytest
-from support_browser import EVIL_NAME, browser, browser_page, dashboard_fleet, screenshot, sha256_of, sign_in  # noqa: F401
+from support_browser import (  # noqa: F401  (fixtures)
+    EVIL_NAME,
+    browser,
+    browser_page,
+    build_fleet,
+    dashboard_fleet,
+    screenshot,
+    sha256_of,
+    sign_in,
+)
 from support_server import central_server, make_server  # noqa: F401  (fixtures)
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[test])")
@@ -337,7 +346,8 @@ def test_job_check(browser_page, dashboard_fleet):
     page.select_option("#job-format", "a1111")
     page.click("#job-check")
     expect(page.locator("#job-requirements tbody tr")).to_have_count(1)
-    expect(page.locator("#job-requirements tbody td:nth-child(4)")).to_have_text(EVIL_NAME)
+    expect(page.locator("#job-requirements tbody td:nth-child(4) a")).to_have_text(EVIL_NAME)
+    expect(page.locator("#job-requirements tbody td:nth-child(4) .hash")).to_have_text(sha256_of(fleet.files["evil"])[:10])
 
     page.fill("#job-text", json.dumps({"prompt": "<lora:nowhere_to_be_found:1>"}))
     page.click("#job-check")
@@ -350,6 +360,83 @@ def test_job_check(browser_page, dashboard_fleet):
     page.fill("#job-text", json.dumps({"override_settings": {"sd_model_checkpoint": 7}}))
     page.click("#job-check")
     expect(page.locator("#job-message")).to_contain_text("sd_model_checkpoint")
+
+
+def test_job_check_shows_why_json_text_cannot_be_read(browser_page, dashboard_fleet):
+    # issue 10: this (the closing brace missing) was answered "can run - the job names no model"
+    page, fleet = browser_page, dashboard_fleet
+    page.goto(fleet.url("/dashboard/jobs"))
+    broken = '{"prompt": "x", "steps": "many"'
+    expected = fleet.server.post("/api/v1/jobs/availability", json={"job": broken, "format": "auto"})
+    assert (expected.status_code, expected.json()["field"]) == (400, "job")
+    page.fill("#job-text", broken)
+    expect(page.locator("#job-format")).to_have_value("auto")
+    page.click("#job-check")
+    expect(page.locator("#job-message")).to_have_text(expected.json()["error"] + " (job)")
+    expect(page.locator("#job-message")).to_have_class(re.compile("error"))
+    expect(page.locator("#job-result")).to_be_hidden()
+    for text in ("[" * 100_000, '{"prompt": "a", "override_settings": {"sd_model_checkpoint": "nonexistent_model"},}'):
+        page.fill("#job-text", text)
+        page.click("#job-check")
+        expect(page.locator("#job-message")).to_contain_text("(job)")
+        expect(page.locator("#job-result")).to_be_hidden()
+
+    # a prompt that starts with "[" is still an infotext when it has its parameter line
+    page.fill("#job-text", "[castle] <lora:Hero:0.7>\nSteps: 20, Sampler: Euler a, Model: base_xl")
+    page.click("#job-check")
+    expect(page.locator("#job-verdict")).to_contain_text("can run")
+    expect(page.locator("#job-message")).to_be_hidden()
+
+
+def test_job_check_with_a_queue_token(browser_page, make_server, tmp_path):  # noqa: F811
+    page = browser_page
+    server = make_server(queue_token="queue-token-for-the-browser-test", model_paths=[tmp_path / "own"])
+    fleet = build_fleet(server, tmp_path / "own", tmp_path / "nodes")
+    job = json.dumps({"prompt": "<lora:Ink:1>"})
+    page.goto(fleet.url("/dashboard/jobs"))
+    page.fill("#job-text", job)
+    page.click("#job-check")
+    expect(page.locator("#job-message")).to_contain_text("need the queue token: enter the admin token above")
+    expect(page.locator("#job-result")).to_be_hidden()
+
+    sign_in(page, server.admin_token)
+    page.click("#job-check")
+    expect(page.locator("#job-verdict")).to_contain_text("can run")
+    expect(page.locator("#job-nodes tr[data-server-id='gpu-02'] td:nth-child(3)")).to_have_text("yes")
+    expect(page.locator("#job-message")).to_be_hidden()
+
+    page.click("#admin-forget")
+    page.click("#job-check")
+    expect(page.locator("#job-message")).to_contain_text("need the queue token")
+
+
+def test_job_check_and_matrix_tell_same_named_models_apart(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    # gpu-02 gets its own, different "Hero" LoRA: the name means other content there than on gpu-01
+    other = fleet.nodes["gpu-02"].add("Lora", "Hero.safetensors", base="sdxl")
+    fleet.nodes["gpu-02"].push()
+    hero, other_hash = sha256_of(fleet.files["hero"])[:10], sha256_of(other)[:10]
+    page.goto(fleet.url("/dashboard/jobs"))
+    page.fill("#job-text", json.dumps({"prompt": "<lora:Hero:0.8>"}))
+    page.click("#job-check")
+    expect(page.locator("#job-verdict")).to_contain_text("can run")
+    row = page.locator("#job-requirements tbody tr")
+    expect(row.locator("td:nth-child(3)")).to_have_text("per node")
+    expect(row.locator(".candidate")).to_have_count(2)
+    expect(row.locator(".candidate").nth(0)).to_contain_text(f"{hero} on gpu-01; loaded by gpu-01")
+    expect(row.locator(".candidate").nth(1)).to_contain_text(f"{other_hash} on gpu-02; loaded by gpu-02")
+    expect(page.locator("#job-warnings > li")).to_have_count(1)
+    expect(page.locator("#job-warnings > li")).to_contain_text("names 2 different models on different nodes")
+    expect(page.locator("#job-nodes tr[data-server-id='gpu-01'] td.loads")).to_contain_text(
+        f"lora <lora:Hero:0.8> → Hero.safetensors {hero}")
+    expect(page.locator("#job-nodes tr[data-server-id='gpu-02'] td.loads")).to_contain_text(other_hash)
+    screenshot(page, "job-check-name-conflict")
+
+    page.goto(fleet.url("/dashboard/nodes?type=lora"))
+    labels = page.locator("#matrix tbody th", has_text="Hero.safetensors")
+    expect(labels).to_have_count(1)  # the first Hero has Civitai's name
+    expect(page.locator(f"#matrix tr[data-model-id='{fleet.model_id('hero')}'] th .hash")).to_have_text(hero)
+    expect(labels.locator(".hash")).to_have_text(other_hash)
 
 
 def test_user_text_is_escaped(browser_page, dashboard_fleet):

@@ -6,6 +6,7 @@ import pytest
 from support_jobs import INFOTEXT_1_9_4
 
 from modelsync.shared.job_requirements import (
+    MAX_JOB_DEPTH,
     EmbeddingNames,
     HashRef,
     JobFormatError,
@@ -194,6 +195,58 @@ def test_detected_formats():
     assert detect_format("a cat\nSteps: 20, Sampler: Euler, Seed: 1") == "infotext"
     assert detect_format({"generation_params": {}}) == "stablequeue"
     assert detect_format([]) == "requirements"
+
+
+def test_text_that_is_json_is_read_as_json():
+    job = a1111_txt2img()
+    parsed = extract("\n  " + json.dumps(job, indent=2))
+    assert (parsed.format, parsed.job) == ("a1111", job)
+    assert [r.reference for r in parsed.requirements] == [r.reference for r in extract(job).requirements]
+    assert extract('[{"type": "lora", "name": "ink"}]').format == "requirements"
+    assert extract('{"generation_params": {"checkpoint_name": "x"}}').format == "stablequeue"
+    # an infotext inside a JSON string (its parameter line escaped) does not make the text an infotext
+    assert extract(json.dumps({"infotext": "a cat\nSteps: 20, Sampler: Euler, Seed: 1"})).format == "a1111"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"prompt": "x", "steps": "many"', "is not valid JSON: Expecting ',' delimiter at line 1 column 32"),
+    ('{"prompt": ..., "sd_model_checkpoint": "nonexistent_model"}', "is not valid JSON: Expecting value at line 1 column 12"),
+    ('{\n  "prompt": "x",\n  "infotext": "a\\nSteps: 20, Sampler: Euler, Seed: 1"\n', "is not valid JSON: Expecting"),
+    ("{a castle}", "is not valid JSON: Expecting property name enclosed in double quotes"),
+    ("[" * 100_000, "is JSON nested too deeply to read"),
+    ('{"a": ' * 100_000, "is JSON nested too deeply to read"),
+])
+def test_text_that_starts_like_json_and_is_not_an_infotext_must_be_json(text, message):
+    with pytest.raises(JobFormatError) as caught:
+        extract(text)
+    assert caught.value.field == "job" and caught.value.message.startswith(message)
+    assert 'send "format": "infotext"' in caught.value.message
+
+
+def test_a_job_nested_deeper_than_the_limit_is_refused():
+    deep = {"prompt": "<lora:ink:1>", "alwayson_scripts": {"x": {"args": [[[]]]}}}
+    leaf = deep["alwayson_scripts"]["x"]["args"][0][0]
+    for _ in range(MAX_JOB_DEPTH - 6):
+        leaf.append([])
+        leaf = leaf[0]
+    assert [r.reference.name for r in extract(deep).requirements] == ["ink"]  # exactly MAX_JOB_DEPTH deep
+    leaf.append({})
+    for job in (deep, json.dumps(deep), [deep]):
+        with pytest.raises(JobFormatError) as caught:
+            extract(job)
+        assert (caught.value.field, caught.value.message) == ("job", f"nests arrays or objects more than {MAX_JOB_DEPTH} deep")
+
+
+def test_a_prompt_starting_with_a_bracket_is_still_an_infotext():
+    infotext = "[masterpiece], {castle} <lora:ink:0.5>\nNegative prompt: [blurry]\nSteps: 20, Sampler: Euler a, Seed: 1, Size: 512x512"
+    parsed = extract(infotext)
+    assert (parsed.format, [r.reference.name for r in parsed.requirements]) == ("infotext", ["ink"])
+    replaced = INFOTEXT_1_9_4.replace("1girl,A superstar", "[1girl], {A superstar}")
+    assert extract(replaced).format == "infotext"
+    for text in ('{"prompt": "<lora:ink:1>"}', "{a castle} <lora:ink:1>", "[" * 100_000):
+        parsed = extract(text, "infotext")  # said to be an infotext: read as one, whatever it looks like
+        assert parsed.format == "infotext" and parsed.job == text
+    assert [r.reference.name for r in extract('{"prompt": "<lora:ink:1>"}', "infotext").requirements] == ["ink"]
 
 
 @pytest.mark.parametrize("job, fmt, field", [

@@ -47,13 +47,13 @@ class Fleet:
     def model_id(self, path) -> int:
         return self.db.execute("SELECT id FROM models WHERE hash_sha256 = ?", [sha256_of(path)]).fetchone()[0]
 
-    def one(self, reference: ModelReference):
-        (res,) = resolve(self.db, [Requirement(reference, reference.describe(), ["test"])])
+    def one(self, reference: ModelReference, name_conflicts: str = "per-node"):
+        (res,) = resolve(self.db, [Requirement(reference, reference.describe(), ["test"])], name_conflicts)
         return res
 
-    def job(self, job, fmt="auto"):
+    def job(self, job, fmt="auto", name_conflicts: str = "per-node"):
         parsed = extract(job, fmt, known_embeddings(self.db))
-        return parsed, resolve(self.db, parsed.requirements)
+        return parsed, resolve(self.db, parsed.requirements, name_conflicts)
 
     def nodes(self, offline=()):
         return load_nodes(self.db, lambda server_id, sync, beat: server_id not in offline)
@@ -104,11 +104,11 @@ def test_a_name_only_resolves_to_its_kind(fleet):
     assert res.status == "unknown" and "not a checkpoint" in res.reason
 
 
-def test_same_name_different_content_is_ambiguous_unless_a_hash_decides(fleet):
+def test_same_name_different_content_is_ambiguous_when_strict_unless_a_hash_decides(fleet):
     other = JobNode(fleet.tmp, "gpu-other")
     other_ink = other.add("Lora", "ink.safetensors")
     fleet.sync(other)
-    res = fleet.one(ModelReference("lora", name="ink"))
+    res = fleet.one(ModelReference("lora", name="ink"), "strict")
     assert res.status == "ambiguous" and res.model is None
     assert {c.id for c in res.candidates} == {fleet.model_id(fleet.ink), fleet.model_id(other_ink)}
     assert {n for c in res.candidates for n in c.copies} == {"gpu-linux", "gpu-other"}
@@ -116,13 +116,58 @@ def test_same_name_different_content_is_ambiguous_unless_a_hash_decides(fleet):
     # an infotext's Lora hashes decide (A1111 looks the hash up first)
     infotext = (f"a cat <lora:ink:0.6>\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, "
                 f'Lora hashes: "ink: {addnet_of(other_ink)[:12]}", Version: v1.10.1')
-    (res,) = fleet.job(infotext)[1]
+    (res,) = fleet.job(infotext, name_conflicts="strict")[1]
     assert (res.status, res.model.id, list(res.model.copies)) == ("resolved", fleet.model_id(other_ink), ["gpu-other"])
     # an unknown hash (a Forge 2.0 build wrote bogus ones) falls back to the name, which here is ambiguous
-    (res,) = fleet.job(infotext.replace(addnet_of(other_ink)[:12], "0123456789ab"))[1]
+    (res,) = fleet.job(infotext.replace(addnet_of(other_ink)[:12], "0123456789ab"), name_conflicts="strict")[1]
     assert res.status == "ambiguous"
     res = fleet.one(ModelReference("lora", name="ink", hashes=(HashRef("sha256", sha256_of(fleet.ink)),)))
     assert (res.status, res.model.id) == ("resolved", fleet.model_id(fleet.ink))
+
+
+def test_same_name_different_content_resolves_per_node(fleet):
+    other = JobNode(fleet.tmp, "gpu-other")
+    other_ink = other.add("Lora", "ink.safetensors")
+    both = JobNode(fleet.tmp, "gpu-both")
+    both.copy(fleet.ink, "Lora", "ink.safetensors")
+    both.copy(other_ink, "Lora", "more/ink.safetensors")
+    fleet.sync(other, both)
+    ink, theirs = fleet.model_id(fleet.ink), fleet.model_id(other_ink)
+    parsed, (res,) = fleet.job({"prompt": "<lora:ink:0.5>"})
+    assert (res.status, res.model) == ("name_conflict", None)  # no one content: never a reason to copy or fetch
+    assert {node: m.id for node, m in res.by_node.items()} == {"gpu-linux": ink, "gpu-other": theirs}
+    assert res.named_by == {ink: ["gpu-both", "gpu-linux"], theirs: ["gpu-both", "gpu-other"]}
+    assert res.holders() == ["gpu-linux", "gpu-other"] and res.held
+    assert (res.usable_on("gpu-both"), res.why_missing_on("gpu-both"), res.why_missing_on("gpu-win")) == (
+        False, "ambiguous", "not_on_node")
+    assert res.local_name("gpu-other").name == "ink" and res.model_on("gpu-other").id == theirs
+
+    nodes = fleet.nodes()
+    on_other = dispatch(parsed, [res], nodes, "gpu-other")
+    assert on_other["ok"] is True and on_other["payload"] == {"prompt": "<lora:ink:0.5>"}
+    assert [(w["type"], w["model"]["id"], [(o["id"], o["nodes"]) for o in w["others"]]) for w in on_other["warnings"]] == [
+        ("name_conflict", theirs, [(ink, ["gpu-both", "gpu-linux"])])]
+    assert on_other["requirements"][0]["model"]["id"] == theirs
+    on_both = dispatch(parsed, [res], nodes, "gpu-both")
+    assert (on_both["ok"], on_both["action"], on_both["warnings"]) == (False, "route_elsewhere", [])
+    answer = availability([res], nodes)
+    assert answer["available"] is True and len(answer["warnings"]) == 1
+    assert {s["server_id"]: [x["model"]["id"] for x in s["loads"]] for s in answer["servers"]} == {
+        "gpu-linux": [ink], "gpu-other": [theirs], "gpu-both": [], "gpu-win": []}
+
+    # an approved dispatch marks what that node loads as used
+    assert record_last_used(fleet.db, [res], server_id="gpu-other") == 1
+    used = dict(fleet.db.execute("SELECT id, last_used FROM models WHERE id IN (?, ?)", [ink, theirs]).fetchall())
+    assert used[ink] is None and used[theirs] is not None
+    # the unknown hash of an infotext falls back to the name: per node too; a hash that is known decides
+    infotext = (f"a cat <lora:ink:0.6>\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512, "
+                f'Lora hashes: "ink: 0123456789ab", Version: v1.10.1')
+    assert [r.status for r in fleet.job(infotext)[1]] == ["name_conflict"]
+    assert [r.status for r in fleet.job(infotext.replace("0123456789ab", addnet_of(other_ink)[:12]))[1]] == ["resolved"]
+    # a name only one content has (its relative stem) resolves for the whole fleet
+    assert fleet.one(ModelReference("lora", name="more/ink")).status == "resolved"
+    with pytest.raises(ValueError):
+        resolve(fleet.db, parsed.requirements, "lenient")
 
 
 def test_a_title_whose_hash_disagrees_with_its_name_is_a_conflict(fleet):

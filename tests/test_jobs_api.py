@@ -8,6 +8,7 @@ from support_jobs import INFOTEXT_1_9_4, JobNode, addnet_of, set_last_contact, s
 from support_server import make_server, wait_for  # noqa: F401  (fixture)
 
 from modelsync.shared.catalog import open_catalog
+from modelsync.shared.job_requirements import MAX_JOB_DEPTH
 
 class ApiFleet:
     def __init__(self, server, tmp_path):
@@ -55,6 +56,12 @@ class ApiFleet:
 @pytest.fixture
 def fleet(make_server, tmp_path):  # noqa: F811
     return ApiFleet(make_server(), tmp_path)
+
+
+@pytest.fixture
+def strict_fleet(make_server, tmp_path):  # noqa: F811
+    """MODELSYNC_NAME_CONFLICTS=strict: a name that means different content on different nodes is ambiguous."""
+    return ApiFleet(make_server(name_conflicts="strict"), tmp_path)
 
 
 def txt2img(fleet: ApiFleet, lora_line: str = "<lora:hero_v1:0.8> <lora:ink:0.4>") -> dict:
@@ -130,7 +137,8 @@ def test_checkpoint_only_on_an_offline_node(fleet):
     assert fleet.dispatch("gpu-linux", with_lora)["action"] == "fail"  # even with gpu-old back no node has both
 
 
-def test_ambiguous_names_list_their_candidates_and_a_hash_decides(fleet):
+def test_ambiguous_names_list_their_candidates_and_a_hash_decides(strict_fleet):
+    fleet = strict_fleet
     other = fleet.node("gpu-other")
     other_ink = other.add("Lora", "ink.safetensors", base="sdxl")  # same name, different content
     other.push()
@@ -296,3 +304,115 @@ def test_the_routes_are_described_in_openapi(fleet):
             "/api/v1/models/wanted"} <= set(paths)
     json.dumps(paths)
     assert open_catalog(fleet.server.db_path).execute("SELECT COUNT(*) FROM wanted_models").fetchone()[0] == 0
+
+
+def test_a_job_given_as_json_text_is_read_as_json_or_refused(fleet):
+    # issue 10: pasted JSON with its closing brace missing was read as an infotext naming no model ("can run")
+    broken = '{"prompt": "x", "steps": "many"'
+    for path in ("/api/v1/jobs/availability", "/api/v1/servers/gpu-linux/dispatch-check"):
+        r = fleet.server.post(path, json={"job": broken})
+        assert (r.status_code, r.json()["field"]) == (400, "job"), r.text
+        assert r.json()["error"].startswith("is not valid JSON: Expecting ',' delimiter at line 1 column 32")
+    # ... and JSON text naming a checkpoint no node has was "available" (an infotext naming nothing)
+    text = json.dumps({"prompt": "x", "override_settings": {"sd_model_checkpoint": "nonexistent_model"}})
+    r = fleet.server.post("/api/v1/jobs/availability", json={"job": text})
+    assert (r.status_code, r.json()["format"]) == (200, "a1111")
+    answer = r.json()["model_availability"]
+    assert answer["available"] is False
+    assert [(q["reference"], q["status"]) for q in answer["requirements"]] == [("nonexistent_model", "unknown")]
+    r = fleet.server.post("/api/v1/jobs/availability",
+                          json={"job": '{"prompt": ..., "sd_model_checkpoint": "nonexistent_model"}'})
+    assert (r.status_code, r.json()["field"]) == (400, "job")  # the issue's reproduction, as written
+    # JSON text is rewritten for the node like the JSON itself
+    win = fleet.dispatch("gpu-win", json.dumps({"prompt": "<lora:hero_v1:0.8>"}))
+    assert win["ok"] is True and win["payload"] == {"prompt": "<lora:hero_renamed:0.8>"}
+    items = fleet.availability(' [{"type": "lora", "name": "ink"}]')
+    assert [q["status"] for q in items["requirements"]] == ["resolved"]
+
+    # a prompt may start with [ or {: with its parameter line it is an infotext; format infotext always is one
+    infotext = "[knight], <lora:hero_v1:0.8> {rain}\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Size: 512x512"
+    r = fleet.server.post("/api/v1/jobs/availability", json={"job": infotext})
+    assert r.json()["format"] == "infotext"
+    assert [q["reference"] for q in r.json()["model_availability"]["requirements"]] == ["hero_v1"]
+    r = fleet.server.post("/api/v1/jobs/availability", json={"job": "{a castle} <lora:ink:1>", "format": "infotext"})
+    assert r.json()["format"] == "infotext" and r.json()["model_availability"]["available"] is True
+
+
+def test_deeply_nested_json_text_is_a_400(fleet):
+    for text in ("[" * 100_000, "[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000 + "1" + "}" * 50_000):
+        for path in ("/api/v1/jobs/availability", "/api/v1/servers/gpu-linux/dispatch-check"):
+            r = fleet.server.post(path, json={"job": text})
+            assert (r.status_code, r.json()["field"]) == (400, "job"), (path, r.text[:200])
+            assert r.json()["error"].startswith("is JSON nested too deeply to read")
+    # nesting that Python reads but could not write back in the answer (the dispatch payload echoes the job), as
+    # JSON text or as the body's own JSON: refused when it goes past MAX_JOB_DEPTH
+    for depth in (MAX_JOB_DEPTH + 1, 900, 970):
+        nested = "[" * depth + "]" * depth
+        text = '{"prompt": "<lora:ink:1>", "extra": ' + nested + "}"
+        body = '{"job": {"prompt": "<lora:ink:1>", "extra": ' + nested + "}}"
+        for path in ("/api/v1/jobs/availability", "/api/v1/servers/gpu-linux/dispatch-check"):
+            r = fleet.server.post(path, json={"job": text})
+            assert (r.status_code, r.json()["field"]) == (400, "job"), (depth, path, r.text[:200])
+            assert r.json()["error"] == f"nests arrays or objects more than {MAX_JOB_DEPTH} deep" or \
+                r.json()["error"].startswith("is JSON nested too deeply")
+            r = fleet.server.post(path, data=body, headers={"Content-Type": "application/json"})
+            assert r.status_code == 400, (depth, path, r.text[:200])  # past what the body reader takes: "body"
+            assert r.json()["field"] == "body" or r.json() == {
+                "error": f"nests arrays or objects more than {MAX_JOB_DEPTH} deep", "field": "job"}
+    shallow = "[" * (MAX_JOB_DEPTH - 1) + "]" * (MAX_JOB_DEPTH - 1)
+    assert fleet.dispatch("gpu-linux", '{"prompt": "<lora:ink:1>", "extra": ' + shallow + "}")["ok"] is True
+    assert fleet.server.get("/api/v1/health").status_code == 200
+
+
+QUEUE_TOKEN = "queue-token-for-tests-0123456789"
+JOB_CHECKS = (
+    ("POST", "/api/v1/jobs/availability", {"job": {"prompt": "<lora:ink:1>"}}),
+    ("POST", "/api/v1/servers/gpu-linux/dispatch-check", {"job": {"prompt": "<lora:ink:1>"}}),
+    ("POST", "/api/v1/checkpoint-verify", {"hash": "0123456789"}),
+    ("GET", "/api/v1/models/wanted", None),
+)
+
+
+@pytest.fixture
+def queue_server(make_server, tmp_path):  # noqa: F811
+    server = make_server(queue_token=QUEUE_TOKEN, max_request_bytes=4096)
+    node = JobNode(tmp_path, "gpu-linux", base_url=server.base_url)
+    node.add("Lora", "ink.safetensors")
+    node.push()  # a node's sync needs its own token, not the queue token
+    return server
+
+
+def test_with_a_queue_token_the_job_checks_need_it_or_the_admin_token(queue_server):
+    server = queue_server
+    for method, path, body in JOB_CHECKS:
+        r = server.request(method, path, json=body)
+        assert (r.status_code, r.json()["field"]) == (401, "Authorization"), (path, r.text)
+        assert "queue token" in r.json()["error"] and r.headers["WWW-Authenticate"] == "Bearer"
+        for header in ("Bearer not-the-token", f"Bearer {QUEUE_TOKEN}x", f"Basic {QUEUE_TOKEN}"):
+            r = server.request(method, path, json=body, headers={"Authorization": header})
+            assert r.status_code == (401 if header.startswith("Basic") else 403), (path, header, r.text)
+        for token in (QUEUE_TOKEN, server.admin_token):
+            r = server.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200, (path, r.text)
+    ok = server.post("/api/v1/servers/gpu-linux/dispatch-check", json={"job": {"prompt": "<lora:ink:1>"}},
+                     headers={"Authorization": f"Bearer {QUEUE_TOKEN}"}).json()
+    assert ok["ok"] is True and ok["payload"] == {"prompt": "<lora:ink:1>"}
+
+
+def test_the_queue_token_is_checked_before_the_body_is_read(queue_server):
+    server = queue_server
+    wrong = {"Authorization": "Bearer not-the-token"}
+    for path in ("/api/v1/jobs/availability", "/api/v1/servers/gpu-linux/dispatch-check", "/api/v1/checkpoint-verify"):
+        # a body the server would refuse (not JSON; over the 4 KiB limit; a node that does not exist) is not looked at
+        r = server.post(path, data=b"{nope", headers={"Content-Type": "application/json"})
+        assert r.status_code == 401, r.text
+        r = server.post(path, data=b"[" * 100_000, headers={"Content-Type": "application/json", **wrong})
+        assert r.status_code == 403, r.text
+    r = server.post("/api/v1/servers/gpu-nope/dispatch-check", json={"job": {}}, headers=wrong)
+    assert r.status_code == 403
+    # with the token the same bodies get their own answers
+    good = {"Authorization": f"Bearer {QUEUE_TOKEN}"}
+    r = server.post("/api/v1/jobs/availability", data=b"{nope", headers={"Content-Type": "application/json", **good})
+    assert (r.status_code, r.json()["field"]) == (400, "body")
+    r = server.post("/api/v1/jobs/availability", data=b"[" * 100_000, headers={"Content-Type": "application/json", **good})
+    assert r.status_code == 413
