@@ -4,9 +4,13 @@
 The answers are read-only and computed on the event loop (a few indexed reads); what they record afterwards
 (`last_used` of an approved dispatch, the wanted counter) is written in a background task after the answer is
 sent, so a node's sync holding the write lock never delays a queue.
+
+With MODELSYNC_QUEUE_TOKEN set, every route here needs it (or the admin token) as a Bearer token, checked from
+the headers before the body is read.
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import sqlite3
 from typing import Any, Callable
@@ -35,10 +39,12 @@ from modelsync.shared.job_resolver import (
     verify,
 )
 
+from .auth import bearer_token
 from .body import expect_object, read_json
 from .context import ServerContext, context
 from .errors import ApiError
 from .queries import MAX_PAGE_SIZE, int_param
+from .registry import MAX_ROW_ID
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,22 @@ log = logging.getLogger(__name__)
 def _nodes(ctx: ServerContext) -> dict[str, NodeInfo]:
     cutoff = ctx.liveness.cutoff()
     return load_nodes(ctx.registry.db(), lambda sid, sync, beat: ctx.liveness.is_online(sid, sync, beat, cutoff))
+
+
+def _require_queue_token(request: Request, ctx: ServerContext) -> None:
+    """When a queue token is configured: 401 without a Bearer token, 403 unless it is the queue or admin token."""
+    expected = ctx.config.queue_token
+    if expected is None:
+        return
+    token = bearer_token(request)
+    if token is None:
+        raise ApiError(401, "the job checks need the queue token (or the admin token) as 'Authorization: Bearer <token>'",
+                       "Authorization", {"WWW-Authenticate": "Bearer"})
+    presented = token.encode()
+    # both compared, whatever the first gives: the time taken does not tell which token was close
+    matches = [hmac.compare_digest(presented, known.encode()) for known in (expected, ctx.admin_token)]
+    if not any(matches):
+        raise ApiError(403, "the token is neither the queue token nor the admin token", "Authorization")
 
 
 async def _read_job(request: Request, ctx: ServerContext) -> tuple[ParsedJob, bool]:
@@ -61,10 +83,10 @@ async def _read_job(request: Request, ctx: ServerContext) -> tuple[ParsedJob, bo
     return extract(body["job"], fmt if isinstance(fmt, str) else "", known_embeddings(ctx.registry.db())), record
 
 
-def _after(ctx: ServerContext, write: Callable[..., int], *args: Any) -> BackgroundTask:
+def _after(ctx: ServerContext, write: Callable[..., int], *args: Any, **kwargs: Any) -> BackgroundTask:
     def run() -> None:
         try:
-            write(ctx.registry.db(), *args)
+            write(ctx.registry.db(), *args, **kwargs)
         except sqlite3.Error as exc:  # a bookkeeping write: the answer was right and has been sent
             log.warning("job check bookkeeping (%s) failed: %s", write.__name__, exc)
 
@@ -86,14 +108,17 @@ async def jobs_availability(request: Request) -> JSONResponse:
       References that no node has are counted for GET /api/v1/models/wanted, unless "record" is false (a look
       only, as the dashboard's job check). Examples in docs/job-queue.md.
     responses:
-      200: {description: "{format, model_availability: {available, reason, requirements, servers, candidates}}"}
+      200: {description: "{format, model_availability: {available, reason, requirements, servers, candidates, warnings}}"}
       400: {description: "the job cannot be read; `field` names the part (e.g. job.override_settings.sd_model_checkpoint)"}
+      401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
+      403: {description: "the Bearer token is neither the queue token nor the admin token"}
     """
     ctx = context(request)
+    _require_queue_token(request, ctx)
     parsed, record = await _read_job(request, ctx)
     db = ctx.registry.db()
     with read_snapshot(db):
-        resolutions = resolve(db, parsed.requirements)
+        resolutions = resolve(db, parsed.requirements, ctx.config.name_conflicts)
         mark_pending(db, resolutions)
         answer = availability(resolutions, _nodes(ctx))
     background = _wanted_task(ctx, resolutions) if record else None
@@ -110,18 +135,21 @@ async def dispatch_check(request: Request) -> JSONResponse:
       (`nodes` can run it) or fail (a reference is unknown, ambiguous or contradictory, or no node has the model).
       An approved dispatch records last_used for its models (unless "record" is false).
     responses:
-      200: {description: "{server_id, online, ok, action, reason, missing, requirements, payload, override_settings, nodes}"}
+      200: {description: "{server_id, online, ok, action, reason, missing, requirements, payload, override_settings, nodes, warnings}"}
       400: {description: "the job cannot be read; `field` names the part"}
+      401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
+      403: {description: "the Bearer token is neither the queue token nor the admin token"}
       404: {description: no such node}
     """
     ctx = context(request)
+    _require_queue_token(request, ctx)
     server_id = request.path_params["server_id"]
     if not valid_server_id(server_id):
         raise ApiError(400, "server_id must be 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)", "server_id")
     parsed, record = await _read_job(request, ctx)
     db = ctx.registry.db()
     with read_snapshot(db):
-        resolutions = resolve(db, parsed.requirements)
+        resolutions = resolve(db, parsed.requirements, ctx.config.name_conflicts)
         mark_pending(db, resolutions, server_id)
         nodes = _nodes(ctx)
     try:
@@ -131,7 +159,7 @@ async def dispatch_check(request: Request) -> JSONResponse:
     if not record:
         background = None
     elif answer["ok"]:
-        background = _after(ctx, record_last_used, resolutions)
+        background = _after(ctx, record_last_used, resolutions, server_id=server_id)
     else:
         background = _wanted_task(ctx, resolutions)
     return JSONResponse(answer, background=background)
@@ -148,8 +176,11 @@ async def checkpoint_verify(request: Request) -> JSONResponse:
     responses:
       200: {description: "{success, provided_value, interpreted_as, available, reason, status, hash, match_type, model_info, servers, candidates}"}
       400: {description: "neither a version id nor a hash, or a malformed one; `field` names it"}
+      401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
+      403: {description: "the Bearer token is neither the queue token nor the admin token"}
     """
     ctx = context(request)
+    _require_queue_token(request, ctx)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
     version, hash_value = body.get("civitai_version_id"), body.get("hash")
     if version is None and hash_value is None:
@@ -157,6 +188,8 @@ async def checkpoint_verify(request: Request) -> JSONResponse:
     kind = parse_kind(body.get("type", "checkpoint"), "type")
     if version is not None and (isinstance(version, int) and not isinstance(version, bool) and version > 0
                                 or isinstance(version, str) and version.strip().isdigit()):
+        if int(version) > MAX_ROW_ID:
+            raise ApiError(400, f"civitai_version_id must be at most {MAX_ROW_ID}", "civitai_version_id")
         provided, reference = version, ModelReference(kind, civitai_version_id=int(version))
         interpreted_as = "civitai_version_id"
     else:
@@ -180,8 +213,11 @@ def wanted(request: Request) -> JSONResponse:
       - {name: offset, in: query}
     responses:
       200: {description: "{wanted: [{kind, reference_key, reference, model_id, requests, first_wanted, last_wanted, available_now, nodes_now, model}], limit, offset, next_offset}"}
+      401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
+      403: {description: "the Bearer token is neither the queue token nor the admin token"}
     """
     ctx = context(request)
+    _require_queue_token(request, ctx)
     params = request.query_params
     kind = parse_kind(params["kind"], "kind") if params.get("kind") else None
     missing_only = (params.get("missing_only") or "true").lower()
@@ -192,7 +228,8 @@ def wanted(request: Request) -> JSONResponse:
     db = ctx.registry.db()
     with read_snapshot(db):
         return JSONResponse(list_wanted(db, limit=limit, offset=offset, kind=kind,
-                                        missing_only=missing_only in ("true", "1", "yes")))
+                                        missing_only=missing_only in ("true", "1", "yes"),
+                                        name_conflicts=ctx.config.name_conflicts))
 
 
 ROUTES = [
