@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
 from . import dashboard, routes_jobs, routes_models, routes_overrides, routes_servers
-from .auth import load_admin_token
+from .auth import load_admin_token, trusted_networks
 from .civitai_worker import CivitaiWorker
 from .config import ServerConfig
 from .context import ServerContext, context
@@ -36,17 +36,23 @@ def health(request: Request) -> JSONResponse:
     """Liveness and a few counts.
     ---
     summary: Health check
+    description: >
+      status is "degraded" while the registry's disk is full (a write failed for space: disk_full is true and
+      reason says why); it is "ok" again as soon as a write that needs space succeeds.
     responses:
-      200: {description: "{status: ok, schema_version, models, servers, civitai_worker, uptime_seconds}"}
+      200: {description: "{status: ok | degraded, disk_full, reason?, disk_full_since?, schema_version, models, servers, civitai_worker, uptime_seconds}"}
     """
     ctx = context(request)
     conn = ctx.registry.db().conn
     models = conn.execute("SELECT COUNT(*) FROM models").fetchone()[0]
     servers = conn.execute("SELECT COUNT(*) FROM servers").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
+    disk_full = ctx.registry.disk_state()
+    state = {"status": "ok", "disk_full": False} if disk_full is None else {
+        "status": "degraded", "disk_full": True, "reason": disk_full.reason, "disk_full_since": disk_full.since}
     return JSONResponse(
         {
-            "status": "ok",
+            **state,
             "schema_version": version,
             "models": models,
             "servers": servers,
@@ -71,6 +77,7 @@ def openapi(request: Request) -> JSONResponse:
 
 def create_app(config: ServerConfig | None = None) -> Starlette:
     config = config or ServerConfig.from_env()
+    trusted_networks(config.trusted_proxies)  # a malformed MODELSYNC_TRUSTED_PROXIES stops the server here
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

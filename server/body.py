@@ -1,6 +1,10 @@
-"""Reading a JSON request body within limits: raw size, gzip (decompressed size capped, truncation caught)."""
+"""Reading a JSON request body within limits, once the caller has been let in (server/auth.py decides from the
+headers first). The raw size is capped; gzip is inflated while it arrives, into the one buffer the body is kept
+in, and stops at the decompressed limit (a bomb never costs more than that limit, and the compressed bytes are
+never kept); JSON too deep for the parser is a 400 like any other bad body."""
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
 from typing import Any
@@ -10,60 +14,79 @@ from starlette.requests import ClientDisconnect, Request
 
 from .errors import ApiError
 
+INFLATE_STEP = 1 << 20  # inflate at most this much at a time, letting other requests run in between
+PARSE_ON_LOOP_BELOW = 65536  # smaller bodies are parsed on the event loop; larger ones in a thread
 
-async def read_raw(request: Request, max_bytes: int) -> bytes:
+
+def _declared_length(request: Request, max_bytes: int) -> int | None:
     declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, f"Content-Length {declared!r} is not a number", "Content-Length")
-        if int(declared) > max_bytes:
-            raise ApiError(413, f"request body is {int(declared)} bytes; the limit is {max_bytes}", "body")
-    chunks: list[bytes] = []
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        raise ApiError(400, f"Content-Length {declared[:40]!r} is not a number", "Content-Length")
+    if int(declared) > max_bytes:
+        raise ApiError(413, f"request body is {int(declared)} bytes; the limit is {max_bytes}", "body")
+    return int(declared)
+
+
+def _inflater(request: Request) -> Any:
+    """A gzip inflater for a gzip body, None for a plain one (checked before any byte is read)."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding not in ("", "identity"):
+        raise ApiError(415, f"Content-Encoding {encoding[:40]!r} is not supported; use gzip or none", "Content-Encoding")
+    return None
+
+
+async def _inflate(inflater: Any, data: bytes, out: bytearray, max_bytes: int) -> None:
+    """Append what `data` inflates to to `out`, never letting `out` grow past max_bytes (+1 byte to tell)."""
+    pending = data
+    while not inflater.eof:
+        room = min(INFLATE_STEP, max_bytes - len(out) + 1)
+        try:
+            piece = inflater.decompress(pending, room)
+        except zlib.error as exc:
+            raise ApiError(400, f"the gzip body is corrupt: {exc}", "body") from None
+        out += piece
+        if len(out) > max_bytes:
+            raise ApiError(413, f"the gzip body decompresses to more than {max_bytes} bytes", "body")
+        pending = inflater.unconsumed_tail
+        if not pending and len(piece) < room:  # this input is used up and zlib holds no more output
+            return
+        await asyncio.sleep(0)
+
+
+async def read_body(request: Request, max_bytes: int, max_decompressed: int) -> bytearray:
+    """The body, decompressed, in one buffer: at most max_bytes received, at most max_decompressed kept."""
+    declared = _declared_length(request, max_bytes)
+    inflater = _inflater(request)
+    body = bytearray()
     received = 0
     try:
         async for chunk in request.stream():
             received += len(chunk)
             if received > max_bytes:
                 raise ApiError(413, f"request body is over the limit of {max_bytes} bytes", "body")
-            chunks.append(chunk)
+            if inflater is None:
+                body += chunk
+            elif not inflater.eof:
+                await _inflate(inflater, chunk, body, max_decompressed)
     except ClientDisconnect:
         raise ApiError(400, f"the upload ended after {received} bytes", "body") from None
-    if declared is not None and received != int(declared):
+    if declared is not None and received != declared:
         raise ApiError(400, f"the upload ended after {received} of {declared} bytes", "body")
-    return b"".join(chunks)
-
-
-def gunzip(data: bytes, max_bytes: int) -> bytes:
-    """Decompress a gzip body, never producing more than max_bytes (a zip bomb stops there)."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    out: list[bytes] = []
-    produced = 0
-    pending = data
-    try:
-        while pending and not inflater.eof:
-            piece = inflater.decompress(pending, max_bytes - produced + 1)
-            produced += len(piece)
-            if produced > max_bytes:
-                raise ApiError(413, f"the gzip body decompresses to more than {max_bytes} bytes", "body")
-            out.append(piece)
-            pending = inflater.unconsumed_tail
-    except zlib.error as exc:
-        raise ApiError(400, f"the gzip body is corrupt: {exc}", "body") from None
-    if not inflater.eof:
+    if inflater is not None and not inflater.eof:
         raise ApiError(400, "the gzip body is truncated", "body")
-    return b"".join(out)
+    return body
 
 
-def decompress(raw: bytes, encoding: str, max_decompressed: int) -> bytes:
-    if encoding == "gzip":
-        return gunzip(raw, max_decompressed)
-    if encoding not in ("", "identity"):
-        raise ApiError(415, f"Content-Encoding {encoding!r} is not supported; use gzip or none", "Content-Encoding")
-    return raw
+def _blank(raw: bytes | bytearray) -> bool:
+    return not raw or raw.isspace()
 
 
-def parse_json(raw: bytes) -> Any:
-    if not raw.strip():
+def parse_json(raw: bytes | bytearray) -> Any:
+    if _blank(raw):
         raise ApiError(400, "the request body is empty; a JSON object is expected", "body")
     try:
         return json.loads(raw)
@@ -71,23 +94,18 @@ def parse_json(raw: bytes) -> Any:
         raise ApiError(400, f"the body is not UTF-8: {exc.reason} at byte {exc.start}", "body") from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "body") from None
-
-
-async def read_body(request: Request, max_bytes: int, max_decompressed: int) -> bytes:
-    """The body, decompressed (large ones off the event loop)."""
-    raw = await read_raw(request, max_bytes)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    if len(raw) < 65536 and encoding != "gzip":
-        return decompress(raw, encoding, max_decompressed)
-    return await run_in_threadpool(decompress, raw, encoding, max_decompressed)
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise ApiError(400, f"the body is not valid JSON: {exc}", "body") from None
+    except RecursionError:
+        raise ApiError(400, "the body nests arrays or objects too deeply", "body") from None
 
 
 async def read_json(request: Request, max_bytes: int, max_decompressed: int, *, optional: bool = False) -> Any:
     """The decoded body; with optional=True an empty body reads as {}."""
     raw = await read_body(request, max_bytes, max_decompressed)
-    if optional and not raw.strip():
+    if optional and _blank(raw):
         return {}
-    if len(raw) < 65536:
+    if len(raw) < PARSE_ON_LOOP_BELOW:
         return parse_json(raw)
     return await run_in_threadpool(parse_json, raw)
 

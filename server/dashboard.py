@@ -27,6 +27,7 @@ from modelsync.shared.units import human_size
 from . import dashboard_queries, queries
 from .context import context
 from .errors import ApiError
+from .registry import RowIdConvertor  # noqa: F401  (registers {id:rowid}, used by ROUTES)
 
 HERE = Path(__file__).parent
 CONTENT_SECURITY_POLICY = (
@@ -161,7 +162,7 @@ ROUTES: list[BaseRoute] = [
     Route("/", to_dashboard, methods=["GET"], include_in_schema=False),
     Route("/dashboard", to_dashboard, methods=["GET"], include_in_schema=False),
     Route("/dashboard/models", models_page, methods=["GET"], include_in_schema=False),
-    Route("/dashboard/models/{id:int}", model_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/models/{id:rowid}", model_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/nodes", nodes_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/jobs", jobs_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/overrides", overrides_page, methods=["GET"], include_in_schema=False),

@@ -1,5 +1,10 @@
-"""Every error the API returns is JSON: {"error": "what went wrong", "field": "which part of the request"}."""
+"""Every error the API returns is JSON: {"error": "what went wrong", "field": "which part of the request"}.
+
+A write that fails because the registry's disk (or its page limit) is full is a 507, and the registry notes it
+for /api/v1/health; any other unexpected error is a 500."""
 from __future__ import annotations
+
+import sqlite3
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -7,6 +12,8 @@ from starlette.responses import JSONResponse
 
 from modelsync.shared.inventory import InventoryError
 from modelsync.shared.job_requirements import JobFormatError
+
+from .registry import DISK_FULL, is_disk_full
 
 
 class ApiError(Exception):
@@ -42,6 +49,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, str(exc.detail), None, exc.headers)
 
 
+async def _storage_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_disk_full(exc):
+        raise exc  # unexpected: answered 500 (and logged) by `_unexpected`
+    # the write was rolled back; the same request succeeds once there is room again
+    request.app.state.modelsync.registry.note_disk_full(exc)
+    return error_response(507, DISK_FULL, None)
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # uvicorn logs the traceback: Starlette re-raises after this answer is sent
     return error_response(500, f"internal error: {type(exc).__name__}")
@@ -52,5 +67,7 @@ EXCEPTION_HANDLERS = {
     InventoryError: _inventory_error,
     JobFormatError: _job_format_error,
     HTTPException: _http_error,
+    sqlite3.Error: _storage_error,
+    OSError: _storage_error,
     Exception: _unexpected,
 }

@@ -14,7 +14,7 @@ from modelsync.shared.inventory import valid_server_id
 from modelsync.shared.names import aliases, kind_of, local_name
 
 from . import queries
-from .auth import authenticate_node, require_admin
+from .auth import admit_caller, authenticate_node, require_admin, require_admin_unless_loopback
 from .body import expect_object, read_json
 from .civitai_state import requeue_lookup
 from .context import ServerContext, context
@@ -183,6 +183,7 @@ async def mark_availability(request: Request) -> JSONResponse:
       404: {description: no such model}
     """
     ctx = context(request)
+    admit_caller(ctx.registry.db(), request, ctx.config, ctx.admin_token)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
     return JSONResponse(await run_in_threadpool(_mark, ctx, request, request.path_params["id"], body))
 
@@ -199,6 +200,7 @@ async def unmark_availability(request: Request) -> JSONResponse:
       404: {description: the node lists no such copy}
     """
     ctx = context(request)
+    admit_caller(ctx.registry.db(), request, ctx.config, ctx.admin_token)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
     return JSONResponse(await run_in_threadpool(_unmark, ctx, request, request.path_params["id"], body))
 
@@ -223,12 +225,17 @@ async def scan_models(request: Request) -> JSONResponse:
     """Scan MODEL_PATH as the server's own node.
     ---
     summary: Scan the server's own MODEL_PATH and return the scan statistics
-    description: 'Body (optional): {"calculate_hashes": true|false}. Files new or changed since the last scan are hashed only when asked.'
+    description: >
+      Body (optional): {"calculate_hashes": true|false}. Files new or changed since the last scan are hashed only
+      when asked. Needs the admin token unless the client is on loopback.
     responses:
       200: {description: "{success, message, total, added, updated, removed, hashesCalculated, hashesSkipped, hashesCached, duplicates, errors, problems, duplicate_models}"}
+      401: {description: a client not on loopback sent no admin token}
+      403: {description: not the admin token}
       409: {description: MODEL_PATH is not set, or a scan is already running}
     """
     ctx = context(request)
+    require_admin_unless_loopback(request, ctx.config, ctx.admin_token)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
     calculate = body.get("calculate_hashes", False)
     if not isinstance(calculate, bool):
@@ -243,11 +250,16 @@ async def calculate_model_hash(request: Request) -> JSONResponse:
     """Re-hash the server's own copies of a model.
     ---
     summary: Hash again the files of this model that the server itself holds under MODEL_PATH
+    description: Needs the admin token unless the client is on loopback.
     responses:
       200: {description: "{model_id, files: [{file_id, path, sha256, autov1, autov2, autov3, changed, error}]}"}
+      401: {description: a client not on loopback sent no admin token}
+      403: {description: not the admin token}
+      404: {description: no such model}
       409: {description: the server holds no copy of this model, or MODEL_PATH is not set}
     """
     ctx = context(request)
+    require_admin_unless_loopback(request, ctx.config, ctx.admin_token)
     model_id = request.path_params["id"]
 
     def work() -> dict[str, Any]:
@@ -265,12 +277,16 @@ async def calculate_file_hash(request: Request) -> JSONResponse:
     """Hash one file the server holds (e.g. one left unhashed by a scan without hashing).
     ---
     summary: Hash one of the server's own files (ids from GET /api/v1/servers/{server_id}/files)
+    description: Needs the admin token unless the client is on loopback.
     responses:
       200: {description: "{file_id, files: [{file_id, path, sha256, ...}]}"}
+      401: {description: a client not on loopback sent no admin token}
+      403: {description: not the admin token}
       404: {description: no such file}
       409: {description: the file is on another node}
     """
     ctx = context(request)
+    require_admin_unless_loopback(request, ctx.config, ctx.admin_token)
     file_id = request.path_params["file_id"]
 
     def work() -> dict[str, Any]:
@@ -332,12 +348,12 @@ ROUTES = [
     Route("/api/v1/models", list_models, methods=["GET"]),
     Route("/api/v1/models/scan", scan_models, methods=["POST"]),
     Route("/api/v1/models/reset-database", reset_database, methods=["POST"]),
-    Route("/api/v1/models/{id:int}/info", model_info, methods=["GET"]),
-    Route("/api/v1/models/{id:int}/availability", get_availability, methods=["GET"]),
-    Route("/api/v1/models/{id:int}/availability", mark_availability, methods=["POST"]),
-    Route("/api/v1/models/{id:int}/availability", unmark_availability, methods=["DELETE"]),
-    Route("/api/v1/models/{id:int}/preview", model_preview, methods=["GET"]),
-    Route("/api/v1/models/{id:int}/refresh-metadata", refresh_metadata, methods=["POST"]),
-    Route("/api/v1/models/{id:int}/calculate-hash", calculate_model_hash, methods=["POST"]),
-    Route("/api/v1/files/{file_id:int}/calculate-hash", calculate_file_hash, methods=["POST"]),
+    Route("/api/v1/models/{id:rowid}/info", model_info, methods=["GET"]),
+    Route("/api/v1/models/{id:rowid}/availability", get_availability, methods=["GET"]),
+    Route("/api/v1/models/{id:rowid}/availability", mark_availability, methods=["POST"]),
+    Route("/api/v1/models/{id:rowid}/availability", unmark_availability, methods=["DELETE"]),
+    Route("/api/v1/models/{id:rowid}/preview", model_preview, methods=["GET"]),
+    Route("/api/v1/models/{id:rowid}/refresh-metadata", refresh_metadata, methods=["POST"]),
+    Route("/api/v1/models/{id:rowid}/calculate-hash", calculate_model_hash, methods=["POST"]),
+    Route("/api/v1/files/{file_id:rowid}/calculate-hash", calculate_file_hash, methods=["POST"]),
 ]

@@ -16,6 +16,7 @@ from .body import expect_object, read_json
 from .civitai_state import reject_match
 from .context import context
 from .overrides import apply_changes, parse_changes
+from .registry import RowIdConvertor  # noqa: F401  (registers {id:rowid}, used by ROUTES)
 
 
 async def override_model(request: Request) -> JSONResponse:
@@ -98,7 +99,7 @@ def admin_check(request: Request) -> JSONResponse:
 
 
 ROUTES = [
-    Route("/api/v1/models/{id:int}", override_model, methods=["PATCH"]),
-    Route("/api/v1/models/{id:int}/civitai/reject", reject_civitai_match, methods=["POST"]),
+    Route("/api/v1/models/{id:rowid}", override_model, methods=["PATCH"]),
+    Route("/api/v1/models/{id:rowid}/civitai/reject", reject_civitai_match, methods=["POST"]),
     Route("/api/v1/admin/check", admin_check, methods=["GET"]),
 ]

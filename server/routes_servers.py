@@ -13,7 +13,7 @@ from modelsync.shared.catalog import write_transaction
 from modelsync.shared.inventory import parse_inventory, valid_server_id
 
 from . import queries
-from .auth import NodeAuth, authenticate_node, issue_token, require_admin
+from .auth import NodeAuth, admit_node, issue_token, register_first_contact, require_admin
 from .body import expect_object, parse_json, read_body, read_json
 from .context import ServerContext, context
 from .errors import ApiError
@@ -36,7 +36,14 @@ def _registration(auth: NodeAuth) -> dict[str, Any]:
     return answer
 
 
-def _sync(ctx: ServerContext, request: Request, server_id: str, raw: bytes) -> dict[str, Any]:
+async def _admit(ctx: ServerContext, request: Request) -> NodeAuth:
+    """Who may send this node's body, from the headers and the peer alone: one indexed read on the event loop, so
+    a refused request costs neither a thread hand-off nor a byte of its body."""
+    return admit_node(ctx.registry.db(), request, _server_id(request), ctx.config, ctx.admin_token)
+
+
+def _sync(ctx: ServerContext, auth: NodeAuth, raw: bytearray) -> dict[str, Any]:
+    server_id = auth.server_id
     digest = hashlib.sha256(raw).hexdigest()
     body = expect_object(parse_json(raw))
     files = body.get("files")
@@ -47,11 +54,13 @@ def _sync(ctx: ServerContext, request: Request, server_id: str, raw: bytes) -> d
         raise ApiError(400, f"the inventory is for {body.get('server_id')!r}, not {server_id!r} as in the URL", "server_id")
     db = ctx.registry.db()
     if digest == last_digest(db, server_id):
-        auth = authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
-        return {**answer_unchanged(db, server_id, body, digest), **_registration(auth)}
+        with write_transaction(db):
+            auth = register_first_contact(db, auth)
+            return {**answer_unchanged(db, server_id, body, digest), **_registration(auth)}
     inventory = parse_inventory(body, max_files=limit)
-    auth = authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
-    return {**sync_inventory(db, inventory, digest), **_registration(auth)}
+    with write_transaction(db):  # a first contact is registered only together with its inventory
+        auth = register_first_contact(db, auth)
+        return {**sync_inventory(db, inventory, digest), **_registration(auth)}
 
 
 async def sync_models(request: Request) -> JSONResponse:
@@ -61,7 +70,9 @@ async def sync_models(request: Request) -> JSONResponse:
     description: >
       The body is the inventory (format 1, see docs/api.md). New models are added, null fields filled (never
       overwritten), the node's availability rows added, refreshed or removed. A node's first contact registers
-      it and returns its token once; afterwards `Authorization: Bearer <token>` is required.
+      it and returns its token once; afterwards `Authorization: Bearer <token>` is required. The token (and, for a
+      first contact, the client's address) is checked before the body is read: a refused request is answered
+      without reading it.
     responses:
       200: {description: "{server_id, added, updated, removed, unchanged, new_models, last_sync, enriched: {sha256: {model_id, metadata, field_sources, preview_url}}, registered, token?}"}
       400: {description: "invalid inventory, JSON or gzip; `field` names the part"}
@@ -69,11 +80,12 @@ async def sync_models(request: Request) -> JSONResponse:
       403: {description: another node's token, or registration is not open to this client}
       413: {description: body, decompressed body or file count over the limit}
       415: {description: unsupported Content-Encoding}
+      507: {description: "the registry's disk is full; nothing was changed"}
     """
     ctx = context(request)
-    server_id = _server_id(request)
+    auth = await _admit(ctx, request)
     raw = await read_body(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes)
-    result = await run_in_threadpool(_sync, ctx, request, server_id, raw)
+    result = await run_in_threadpool(_sync, ctx, auth, raw)
     if ctx.worker is not None and result["new_models"]:
         ctx.worker.wake()
     return JSONResponse(result)
@@ -87,16 +99,17 @@ async def heartbeat(request: Request) -> JSONResponse:
     responses:
       200: {description: "{server_id, last_heartbeat, registered, token?}"}
       401: {description: the node is registered and no token was sent}
-      403: {description: another node's token}
+      403: {description: another node's token, or registration is not open to this client}
     """
     ctx = context(request)
-    server_id = _server_id(request)
+    admitted = await _admit(ctx, request)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
 
     def work() -> dict[str, Any]:
         db = ctx.registry.db()
-        auth = authenticate_node(db, request, server_id, ctx.config, ctx.admin_token)
-        return {**record_heartbeat(db, server_id, body), **_registration(auth)}
+        with write_transaction(db):
+            auth = register_first_contact(db, admitted)
+            return {**record_heartbeat(db, admitted.server_id, body), **_registration(auth)}
 
     return JSONResponse(await run_in_threadpool(work))
 

@@ -29,6 +29,7 @@ import uvicorn
 
 from modelsync.server.app import create_app
 from modelsync.server.config import ServerConfig
+from modelsync.server.main import UVICORN_OPTIONS
 
 
 @dataclass
@@ -81,13 +82,14 @@ def server_config(data_path: Path, **overrides: Any) -> ServerConfig:
 
 @contextlib.contextmanager
 def run_server(data_path: Path, **overrides: Any) -> Iterator[RunningServer]:
-    """The server in a background thread of this process; stopped (cleanly) on exit."""
+    """The server in a background thread of this process, uvicorn configured as `modelsync serve` runs it (its own
+    X-Forwarded-For handling off); stopped (cleanly) on exit."""
     config = server_config(data_path, **overrides)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_config=None, access_log=False, lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(create_app(config), lifespan="on", **UVICORN_OPTIONS))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -205,3 +207,24 @@ def push_files(server: RunningServer, server_id: str, files: list[dict], token: 
                     headers=headers)
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def raw_http(server: RunningServer, request_head: bytes, body: bytes = b"", source: str = "127.0.0.1",
+             timeout: float = 30) -> tuple[int, bytes]:
+    """Send these exact bytes (a request's head, then `body`) from `source` and read the answer until the server
+    closes or has sent the whole response: (status, raw response). Raises on a reset or timeout."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout, source_address=(source, 0)) as conn:
+        conn.sendall(request_head + body)
+        response = b""
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+            head, sep, rest = response.partition(b"\r\n\r\n")
+            if sep:
+                lengths = [line.split(b":", 1)[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+                if lengths and len(rest) >= int(lengths[0]):
+                    break
+    return int(response.split(b" ", 2)[1]), response

@@ -99,10 +99,11 @@ def test_closed_registration_needs_an_admin_issued_token(make_server):
     assert r.status_code == 200 and r.json()["added"] == 1
 
 
-def test_loopback_registration_refuses_a_client_from_elsewhere(central_server):
-    # uvicorn trusts X-Forwarded-For from a proxy on loopback: the client then is 10.1.2.3, not loopback
-    r = central_server.post("/api/v1/servers/n1/heartbeat", headers={"X-Forwarded-For": "10.1.2.3"})
-    assert r.status_code == 403 and "10.1.2.3" in r.json()["error"]
+def test_loopback_registration_refuses_a_client_from_elsewhere(tmp_path):
+    # a proxy on loopback that the server is told to trust forwards a remote client: that client is judged
+    with run_server(tmp_path, trusted_proxies=("127.0.0.1",)) as server:
+        r = server.post("/api/v1/servers/n1/heartbeat", headers={"X-Forwarded-For": "10.1.2.3"})
+        assert r.status_code == 403 and "10.1.2.3" in r.json()["error"] and "modelsync token issue n1" in r.json()["error"]
 
 
 def test_admin_token_is_generated_once_with_owner_only_permissions(tmp_path):

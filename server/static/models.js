@@ -11,7 +11,7 @@ document.addEventListener("DOMContentLoaded", () => {
     button.textContent = hashes.checked ? "Scanning + Calculating Hashes..." : "Scanning...";
     ModelSync.say(result, "");
     try {
-      const answer = await ModelSync.api("POST", "/api/v1/models/scan", { calculate_hashes: hashes.checked });
+      const answer = await ModelSync.api("POST", "/api/v1/models/scan", { calculate_hashes: hashes.checked }, true);
       if (!answer.ok) {
         ModelSync.say(result, "Scan failed: " + answer.error, "error");
         return;
