@@ -101,20 +101,21 @@ def _bar_logging(bar: Any):
 
 
 def _push(args: argparse.Namespace, folder: Path, report) -> dict[str, Any]:
-    from modelsync.shared.push_client import NodeCredentials, PushError, ServerClient
+    from modelsync.shared.push_client import NodeCredentials, PushError, ServerClient, send_previews
 
     credentials = NodeCredentials.load(folder, args.server_id, args.token or os.environ.get("MODELSYNC_TOKEN") or None)
     try:
         client = ServerClient(args.push, credentials, retries=2, backoff=0.3)
         answer = client.push_inventory(report.inventory)
         written = client.save_previews(report.inventory, answer)
+        sent = send_previews(client, report.inventory, answer)
     except PushError as exc:
         raise CliError(str(exc)) from None
     if args.token and credentials.store is not None:
         credentials.remember(args.token)  # the server took it: next time it need not be given
     summary = {k: answer.get(k, 0) for k in ("added", "updated", "removed", "unchanged", "unusable")}
     return {**summary, "registered": bool(answer.get("registered")), "previews_written": len(written),
-            "warnings": answer.get("warnings", [])}
+            "previews_sent": len(sent), "warnings": answer.get("warnings", [])}
 
 
 def _push_words(url: str, push: dict[str, Any]) -> str:
@@ -124,6 +125,8 @@ def _push_words(url: str, push: dict[str, Any]) -> str:
         lines.append("  this node is now registered; its token is stored in the data folder")
     if push["previews_written"]:
         lines.append(f"  {push['previews_written']} previews written from the central server")
+    if push["previews_sent"]:
+        lines.append(f"  {push['previews_sent']} local previews sent to the central server")
     for w in push["warnings"]:
         lines.append(f"  warning: {w['path']}: {w['field']}: {w['message']}")
     return "\n".join(lines)

@@ -28,10 +28,10 @@ class PreviewStore:
     def path(self, sha256: str) -> Path:
         return self.folder / f"{sha256}.jpeg"
 
-    def store(self, sha256: str, data: bytes) -> StoredPreview:
+    def store(self, sha256: str, data: bytes, max_pixels: int = 64_000_000) -> StoredPreview:
         """Decode any still image Pillow reads (first frame of an animation), shrink it, keep it as JPEG."""
         try:
-            encoded, (width, height) = shrink_to_jpeg(data, self.max_side, quality=88)
+            encoded, (width, height) = shrink_to_jpeg(data, self.max_side, quality=88, max_pixels=max_pixels)
         except ImageError as exc:
             raise PreviewError(str(exc)) from None
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,20 @@ class RowIdConvertor(Convertor[int]):
         return str(int(value))
 
 
+class Sha256Convertor(Convertor[str]):
+    """A model's SHA256 in a URL path: 64 hex digits, or the router answers 404."""
+
+    regex = "[0-9a-fA-F]{64}"
+
+    def convert(self, value: str) -> str:
+        return value.lower()
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
 register_url_convertor("rowid", RowIdConvertor())
+register_url_convertor("sha256", Sha256Convertor())
 
 
 def is_disk_full(exc: BaseException) -> bool:

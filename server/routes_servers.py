@@ -17,6 +17,7 @@ from .auth import NodeAuth, admit_node, issue_token, register_first_contact, req
 from .body import expect_object, parse_json, read_body, read_json
 from .context import ServerContext, context
 from .errors import ApiError
+from .node_previews import MAX_UPLOAD_BYTES, drop_vanished, store_node_preview
 from .sync import answer_unchanged, last_digest, record_heartbeat, sync_inventory
 
 
@@ -60,7 +61,7 @@ def _sync(ctx: ServerContext, auth: NodeAuth, raw: bytearray) -> dict[str, Any]:
     inventory = parse_inventory(body, max_files=limit)
     with write_transaction(db):  # a first contact is registered only together with its inventory
         auth = register_first_contact(db, auth)
-        return {**sync_inventory(db, inventory, digest), **_registration(auth)}
+        return {**sync_inventory(db, inventory, digest, ctx.previews), **_registration(auth)}
 
 
 async def sync_models(request: Request) -> JSONResponse:
@@ -160,6 +161,8 @@ async def delete_server(request: Request) -> JSONResponse:
                 raise ApiError(404, f"no node {server_id!r}", "server_id")
             db.conn.execute("DELETE FROM model_aliases WHERE server_id = ?", [server_id])
             removed = db.conn.execute("DELETE FROM model_server_availability WHERE server_id = ?", [server_id]).rowcount
+            removed += db.conn.execute("DELETE FROM unusable_files WHERE server_id = ?", [server_id]).rowcount
+            drop_vanished(db, server_id, ctx.previews)
             db.conn.execute("DELETE FROM servers WHERE id = ?", [server_id])
         return {"deleted": server_id, "files_removed": removed}
 
@@ -182,11 +185,39 @@ async def reset_token(request: Request) -> JSONResponse:
     return JSONResponse({"server_id": server_id, "token": token})
 
 
+async def upload_preview(request: Request) -> JSONResponse:
+    """A node's own preview of one of its models.
+    ---
+    summary: A node sends the preview image it keeps beside a model (`<stem>.preview.jpeg`)
+    description: >
+      Only for a model the sync answer listed in `previews_wanted`: the node holds a copy with a local preview and
+      the server has none, or only Civitai's (a node's preview wins). The image (JPEG, PNG or WebP, at most 8 MiB
+      and 40 megapixels) is shrunk and re-encoded as JPEG. The first node's preview stays until that node no longer
+      has it. The node's token is checked before the body is read.
+    responses:
+      200: {description: "{sha256, stored, width?, height?, reason?}"}
+      400: {description: not a readable image, or over the pixel limit}
+      401: {description: no token}
+      403: {description: not this node's token}
+      409: {description: the node lists no copy of this model with a preview}
+      413: {description: over 8 MiB}
+    """
+    ctx = context(request)
+    auth = await _admit(ctx, request)
+    if auth.first_contact:
+        raise ApiError(403, f"node {auth.server_id} is not registered: sync first", "Authorization")
+    sha256 = request.path_params["sha256"]
+    raw = await read_body(request, MAX_UPLOAD_BYTES, MAX_UPLOAD_BYTES)
+    return JSONResponse(await run_in_threadpool(store_node_preview, ctx.registry.db(), ctx.previews, auth.server_id,
+                                                sha256, bytes(raw)))
+
+
 ROUTES = [
     Route("/api/v1/servers", list_servers, methods=["GET"]),
     Route("/api/v1/servers/{server_id}", delete_server, methods=["DELETE"]),
     Route("/api/v1/servers/{server_id}/models/sync", sync_models, methods=["POST"]),
     Route("/api/v1/servers/{server_id}/heartbeat", heartbeat, methods=["POST"]),
+    Route("/api/v1/servers/{server_id}/previews/{sha256:sha256}", upload_preview, methods=["PUT"]),
     Route("/api/v1/servers/{server_id}/files", server_files, methods=["GET"]),
     Route("/api/v1/servers/{server_id}/token", reset_token, methods=["POST"]),
 ]

@@ -18,6 +18,8 @@ from modelsync.shared.inventory import MAX_WARNINGS, Inventory, InventoryError
 from modelsync.shared.inventory_apply import apply_inventory
 from modelsync.shared.records import METADATA_FIELDS
 
+from .node_previews import drop_vanished, previews_wanted
+from .previews import PreviewStore
 from .queries import preview_url
 from .registry import iso, utc_now
 
@@ -129,7 +131,7 @@ def _record_sync(db: sqlite_utils.Database, server_id: str, summary: dict[str, A
     return now
 
 
-def sync_inventory(db: sqlite_utils.Database, inventory: Inventory, digest: str) -> dict[str, Any]:
+def sync_inventory(db: sqlite_utils.Database, inventory: Inventory, digest: str, previews: PreviewStore) -> dict[str, Any]:
     """Apply the snapshot and record the sync with the inventory's digest in ONE transaction: a crash between the
     two must not leave new files under an old digest (a re-send of the old inventory would then be answered
     "unchanged" and never applied)."""
@@ -142,12 +144,14 @@ def sync_inventory(db: sqlite_utils.Database, inventory: Inventory, digest: str)
         counts = {"added": applied.added, "updated": applied.updated, "removed": applied.removed, "unchanged": applied.unchanged}
         now = _record_sync(db, inventory.server_id, {**counts, "files": files, "models": models, "unhashed": unhashed or 0,
                                                      "unusable": applied.unusable}, digest, inventory)
+        drop_vanished(db, inventory.server_id, previews)
     if applied.added or applied.updated or applied.removed:
         log.info("sync %s: %d added, %d updated, %d removed, %d unchanged", inventory.server_id, *counts.values())
     facts = (FileFacts(f.sha256, set(f.metadata), f.has_preview) for f in inventory.usable_files())
     warnings = [{"path": w.path, "field": w.field, "message": w.message} for w in inventory.warnings[:MAX_WARNINGS]]
     answer = {"server_id": inventory.server_id, **counts, "unusable": applied.unusable, "new_models": len(applied.new_models),
-              "last_sync": now, "enriched": _enriched(db, inventory.server_id, facts), "warnings": warnings}
+              "last_sync": now, "enriched": _enriched(db, inventory.server_id, facts), "warnings": warnings,
+              "previews_wanted": previews_wanted(db, inventory.server_id)}
     if len(inventory.warnings) > MAX_WARNINGS:
         answer["warnings_omitted"] = len(inventory.warnings) - MAX_WARNINGS
     if warnings:
@@ -166,7 +170,7 @@ def answer_unchanged(db: sqlite_utils.Database, server_id: str, body: dict[str, 
     )
     return {"server_id": server_id, "added": 0, "updated": 0, "removed": 0, "unchanged": len(files),
             "unusable": len(body["files"]) - len(files), "new_models": 0, "last_sync": now,
-            "enriched": _enriched(db, server_id, facts), "warnings": []}
+            "enriched": _enriched(db, server_id, facts), "warnings": [], "previews_wanted": previews_wanted(db, server_id)}
 
 
 def forget_holders_digests(db: sqlite_utils.Database, model_id: int) -> None:

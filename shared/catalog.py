@@ -232,6 +232,12 @@ def _v7_unusable_files(db: sqlite_utils.Database) -> None:
     db["servers"].add_column("unavailable", str)
 
 
+def _v8_node_previews(db: sqlite_utils.Database) -> None:
+    """A model's preview may come from a node (its own `<stem>.preview.jpeg`, which the operator chose: it wins over
+    Civitai's); `source_server` names that node (NULL: Civitai's)."""
+    db["model_previews"].add_column("source_server", str)
+
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial,
@@ -241,6 +247,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v5_copies_by_model,
     _v6_embedding_set_version,
     _v7_unusable_files,
+    _v8_node_previews,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -204,6 +204,10 @@ class ServerClient:
             f"api/v1/servers/{self.credentials.server_id}/heartbeat", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
 
+    def upload_preview(self, sha256: str, data: bytes) -> dict[str, Any]:
+        return self._request("PUT", f"api/v1/servers/{self.credentials.server_id}/previews/{sha256}", data=data,
+                             headers={"Content-Type": "application/octet-stream"})
+
     def node_counts(self, server_id: str, page_size: int = 500, timeout: float = 10) -> dict[str, int]:
         """SHA256 -> how many fleet nodes hold the model, for every model `server_id` holds; read page by page
         from GET /api/v1/models, each page within `timeout` seconds (a table is waiting for it, not a push)."""
@@ -257,6 +261,31 @@ class ServerClient:
                 continue
             written.append(target)
         return written
+
+
+def send_previews(client: "ServerClient", inventory: Inventory, answer: dict[str, Any], max_bytes: int = 8 * 1024 * 1024) -> list[str]:
+    """Send the local `<stem>.preview.jpeg` of each model the server asked for (`previews_wanted`), once per model.
+    Returns the previews sent; one that cannot be read or is refused is logged and skipped."""
+    wanted = set(answer.get("previews_wanted") or [])
+    sent: list[str] = []
+    for f in inventory.usable_files():
+        if f.sha256 not in wanted or not f.has_preview:
+            continue
+        source = preview_path(f.path)
+        try:
+            if os.path.getsize(source) > max_bytes:
+                log.warning("preview %s is over %d bytes; not sent", source, max_bytes)
+                continue
+            with open(source, "rb") as image:
+                data = image.read()
+            stored = client.upload_preview(f.sha256, data)
+        except (OSError, PushError) as exc:
+            log.warning("cannot send preview %s: %s", source, exc)
+            continue
+        wanted.discard(f.sha256)
+        if stored.get("stored"):
+            sent.append(source)
+    return sent
 
 
 def preview_path(model_path: str) -> str:
