@@ -7,13 +7,20 @@ from .errors import CliError
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from modelsync.server.config import ConfigError
-    from modelsync.server.main import run
+    from modelsync.server.config import ConfigError, ServerConfig
+    from modelsync.server.main import StartError, run
+
+    from .data_dirs import ready_folder
 
     try:
-        run(args.host, args.port)
+        config = ServerConfig.from_env()
     except ConfigError as exc:
         raise CliError(f"{exc}; fix the environment variable and start again", 2) from None
+    ready_folder(config.data_path)
+    try:
+        run(args.host, args.port, config)
+    except StartError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 

@@ -202,3 +202,31 @@ def test_backup_copies_the_live_registry_while_the_server_runs(tmp_path, models,
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT COUNT(*) FROM model_server_availability").fetchone()[0] == 4
     assert "no registry at" in one_line_error(run("backup", "--data", str(tmp_path / "none"), cwd=tmp_path))
+
+
+def test_serve_refuses_to_start_in_one_line_and_changes_nothing(tmp_path):
+    import socket
+    import sqlite3
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        data = tmp_path / "data"
+        busy = run("serve", "--port", port, cwd=tmp_path, env={"CONFIG_DATA_PATH": str(data)})
+        assert f"port {port} on 127.0.0.1 is in use" in one_line_error(busy)
+        assert list(data.iterdir()) == []  # no registry migrated, no admin token generated
+
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    with sqlite3.connect(newer / "registry.db") as conn:
+        conn.execute("PRAGMA user_version = 999")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = str(probe.getsockname()[1])
+    refused = run("serve", "--port", free, cwd=tmp_path, env={"CONFIG_DATA_PATH": str(newer)})
+    assert "a downgrade is refused" in one_line_error(refused)
+    (tmp_path / "a-file").write_text("x")
+    assert "is a file" in one_line_error(run("serve", cwd=tmp_path, env={"CONFIG_DATA_PATH": str(tmp_path / "a-file")}))
+    bad_env = run("serve", cwd=tmp_path, env={"CONFIG_DATA_PATH": str(data), "MODELSYNC_REGISTRATION": "sometimes"})
+    assert "MODELSYNC_REGISTRATION must be one of" in one_line_error(bad_env)
