@@ -119,7 +119,8 @@ def test_a_token_given_once_is_stored_and_tokens_are_issued_locally_or_remotely(
 
     remote = run("token", "issue", "gpu-07", "--server", central_server.base_url, "--admin-token", central_server.admin_token,
                  "--json", cwd=tmp_path)
-    assert remote.returncode == 0, remote.stderr and json.loads(remote.stdout)["server_id"] == "gpu-07"
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(remote.stdout)["server_id"] == "gpu-07" and json.loads(remote.stdout)["token"] != token
     stale = one_line_error(run(*push, cwd=tmp_path))  # the reset made the stored token stale
     assert "was it reset?" in stale and str(tmp_path / "node" / "node_tokens.json") in stale and "token issue gpu-07" in stale
 
