@@ -1,0 +1,216 @@
+"""A real source node for the transfer tests: a folder of real .safetensors files, its catalog from a real scan,
+and its file server (Starlette's FileResponse, the decisions of shared/transfer/serving.py) run by uvicorn on
+127.0.0.1 in a thread, behind an ASGI layer that injects faults: a dropped connection mid-stream, wrong bytes, a
+Range ignored, a slow stream, bytes past the end. Every request is logged as the server saw it.
+
+    node = make_source_node(tmp_path, {"Lora/style.safetensors": 6})      # sizes in MiB
+    with run_peer(node) as peer:
+        peer.faults.drops, peer.faults.drop_after = 1, 2 * MIB
+        receive(peer.source(node, "Lora/style.safetensors", "node-b"), ...)
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import uvicorn
+from safetensors.numpy import save_file
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from modelsync.shared.catalog import migrate, open_catalog
+from modelsync.shared.records import Root
+from modelsync.shared.scanner import scan
+from modelsync.shared.transfer.grants import issue_grant, signing_key
+from modelsync.shared.transfer.peer_source import PeerSource
+from modelsync.shared.transfer.protocol import FILES_PATH, GRANT_HEADER, NODE_HEADER
+from modelsync.shared.transfer.serving import Refusal, ServingNode
+
+MIB = 1024 * 1024
+SOURCE_ID = "node-a"
+DEST_ID = "node-b"
+_rng = np.random.default_rng(1234)
+
+
+def write_large_safetensors(path: Path, mib: float) -> Path:
+    """A real safetensors file of about `mib` MiB with random content (its own SHA256 every call)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensor = _rng.integers(0, 256, size=int(mib * MIB), dtype=np.uint8)
+    save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": tensor}, str(path),
+              metadata={"ss_output_name": path.stem})
+    return path
+
+
+@dataclass
+class SourceNode:
+    root: Path
+    serving: ServingNode
+    token: str = field(repr=False)
+    files: dict[str, Path] = field(default_factory=dict)  # rel_name -> path
+    sha256: dict[str, str] = field(default_factory=dict)  # rel_name -> SHA256 from the scan
+
+    @property
+    def key(self) -> str:
+        return signing_key(self.token)
+
+    def size(self, rel_name: str) -> int:
+        return self.files[rel_name].stat().st_size
+
+    def grant(self, rel_name: str, destination: str = DEST_ID, **kwargs: Any) -> str:
+        return issue_grant(self.key, sha256=self.sha256[rel_name], source=SOURCE_ID, destination=destination,
+                           **kwargs).value
+
+
+def make_source_node(tmp_path: Path, sizes_mib: dict[str, float]) -> SourceNode:
+    root = tmp_path / "node-a" / "models"
+    files = {rel: write_large_safetensors(root / rel, mib) for rel, mib in sizes_mib.items()}
+    catalog = open_catalog(tmp_path / "node-a" / "catalog.db")
+    migrate(catalog)
+    scan([Root(str(root), "lora")], catalog, SOURCE_ID, calculate_hashes=True)
+    sha256 = {
+        rel: catalog.execute("""SELECT m.hash_sha256 FROM model_server_availability a JOIN models m ON m.id = a.model_id
+                                WHERE a.path = ?""", [str(path)]).fetchone()[0]
+        for rel, path in files.items()
+    }
+    token = secrets.token_urlsafe(32)
+    return SourceNode(root, ServingNode(SOURCE_ID, catalog, signing_key(token)), token, files, sha256)
+
+
+@dataclass
+class Faults:
+    drops: int = 0  # how many responses to cut after `drop_after` body bytes
+    drop_after: int = 0
+    corrupt: bool = False  # flip the first body byte of every response
+    ignore_range: bool = False  # strip Range/If-Range: every answer is the whole file
+    range_from_zero: bool = False  # answer a Range request from byte 0 (a 206 that does not continue)
+    bytes_per_second: int | None = None
+    extra: bytes = b""  # sent after a whole file, without a Content-Length
+
+
+@dataclass
+class Served:
+    path: str
+    range: str | None
+    if_range: str | None
+    status: int = 0
+    body_bytes: int = 0
+
+
+class DroppedOnPurpose(ConnectionAbortedError):
+    pass
+
+
+class FaultLayer:
+    def __init__(self, app: Any, faults: Faults, served: list[Served]):
+        self.app, self.faults, self.served = app, faults, served
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        record = Served(scope["path"], _text(headers.get(b"range")), _text(headers.get(b"if-range")))
+        self.served.append(record)
+        faults = self.faults
+        if faults.ignore_range:
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]}
+        elif faults.range_from_zero and b"range" in headers:
+            scope = {**scope, "headers": [(k, b"bytes=0-" if k == b"range" else v) for k, v in scope["headers"]]}
+        drop = faults.drops > 0
+        if drop:
+            faults.drops -= 1
+        corrupt_next = faults.corrupt
+
+        async def faulty_send(message: dict) -> None:
+            nonlocal corrupt_next
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                if faults.extra and record.status == 200:
+                    message = {**message, "headers": [(k, v) for k, v in message["headers"] if k != b"content-length"]}
+            elif message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if corrupt_next and body:
+                    body, corrupt_next = bytes([body[0] ^ 0xFF]) + body[1:], False
+                if faults.extra and record.status == 200 and not message.get("more_body"):
+                    body += faults.extra
+                if drop and record.body_bytes + len(body) > faults.drop_after:
+                    cut = body[: faults.drop_after - record.body_bytes]
+                    await send({"type": "http.response.body", "body": cut, "more_body": True})
+                    record.body_bytes += len(cut)
+                    raise DroppedOnPurpose("the test server cuts this connection")
+                if faults.bytes_per_second and body:
+                    await asyncio.sleep(len(body) / faults.bytes_per_second)
+                record.body_bytes += len(body)
+                message = {**message, "body": body}
+            await send(message)
+
+        await self.app(scope, receive, faulty_send)
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
+
+
+def peer_app(node: ServingNode, rescans: list[tuple[str, ...]]) -> Starlette:
+    def serve_file(request: Request) -> Response:
+        decision = node.decide(request.path_params["segment"], request.headers.get(GRANT_HEADER),
+                               request.headers.get(NODE_HEADER))
+        if isinstance(decision, Refusal):
+            if decision.reason == "changed":
+                rescans.append(decision.changed_paths)
+            return JSONResponse(decision.body, status_code=decision.status)
+        return FileResponse(decision.path, headers=decision.headers)
+
+    return Starlette(routes=[Route(FILES_PATH + "{segment:path}", serve_file)])
+
+
+@dataclass
+class RunningPeer:
+    base_url: str
+    faults: Faults
+    served: list[Served]
+    rescans: list[tuple[str, ...]]
+
+    @property
+    def body_bytes(self) -> int:
+        return sum(record.body_bytes for record in self.served)
+
+    def source(self, node: SourceNode, rel_name: str, destination: str = DEST_ID, **grant_kwargs: Any) -> PeerSource:
+        return PeerSource(self.base_url, node.sha256[rel_name], node.size(rel_name), destination,
+                          node.grant(rel_name, destination, **grant_kwargs), timeout=(5.0, 5.0))
+
+
+@contextlib.contextmanager
+def run_peer(node: SourceNode) -> Iterator[RunningPeer]:
+    served: list[Served] = []
+    rescans: list[tuple[str, ...]] = []
+    faults = Faults()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = FaultLayer(peer_app(node.serving, rescans), faults, served)
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
+                                           timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"peer-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test peer did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningPeer(f"http://127.0.0.1:{port}", faults, served, rescans)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
