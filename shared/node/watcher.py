@@ -1,0 +1,110 @@
+"""Re-scan soon after model files appear, change or disappear (watchfiles), with the timed re-scan as the source of
+truth: a watcher only makes it sooner.
+
+Folders on network file systems are never watched (inotify does not see what other machines write there), only
+re-scanned on the timer; the log says so once per folder. A partial download (`*.part`, `*.tmp`, `*.downloading`,
+`*.aria2`, our own `.modelsync-*.part`) is not a change. When the system's watch limit is reached, watching stops
+with one log line and the timer carries on."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from ..discovery import PREVIEW_SUFFIX, SIDECAR_SUFFIXES
+from ..records import MODEL_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+DEBOUNCE_MS = 1600
+NETWORK_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs",
+                                  "fuse.rclone", "fuse.s3fs", "fuse.gcsfuse", "ceph", "glusterfs", "fuse.glusterfs"})
+PARTIAL_SUFFIXES = (".part", ".tmp", ".downloading", ".aria2", ".crdownload", ".partial")
+RELEVANT_SUFFIXES = tuple(MODEL_EXTENSIONS) + SIDECAR_SUFFIXES + (PREVIEW_SUFFIX,)
+
+
+def is_relevant(path: str) -> bool:
+    """A model file, a sidecar or a preview, not hidden, not a download in progress."""
+    name = os.path.basename(path).lower()
+    return not name.startswith(".") and not name.endswith(PARTIAL_SUFFIXES) and name.endswith(RELEVANT_SUFFIXES)
+
+
+def file_system_of(path: str, mounts: Iterable[tuple[str, str]]) -> str | None:
+    """The type of the file system holding `path`: the longest mount point that contains it."""
+    real = os.path.realpath(path)
+    best: tuple[int, str | None] = (-1, None)
+    for mount_point, fs_type in mounts:
+        base = mount_point.rstrip("/") or "/"
+        if (real == base or real.startswith(base.rstrip("/") + "/")) and len(base) > best[0]:
+            best = (len(base), fs_type)
+    return best[1]
+
+
+def read_mounts(mounts_file: str = "/proc/mounts") -> list[tuple[str, str]]:
+    try:
+        with open(mounts_file, encoding="utf-8", errors="replace") as f:
+            rows = [line.split() for line in f]
+    except OSError:
+        return []  # not Linux: nothing is known to be a network share
+    return [(row[1].replace("\\040", " "), row[2]) for row in rows if len(row) >= 3]
+
+
+@dataclass
+class WatchPlan:
+    watched: list[str] = field(default_factory=list)
+    timer_only: dict[str, str] = field(default_factory=dict)  # folder -> why it is only re-scanned on the timer
+
+
+def plan(folders: Iterable[str], mounts: list[tuple[str, str]]) -> WatchPlan:
+    result = WatchPlan()
+    for folder in folders:
+        if not os.path.isdir(folder):
+            result.timer_only[folder] = "not a folder now"
+            continue
+        fs_type = file_system_of(folder, mounts)
+        if fs_type in NETWORK_FILE_SYSTEMS:
+            result.timer_only[folder] = f"on a network file system ({fs_type}): changes made elsewhere are not seen"
+        else:
+            result.watched.append(folder)
+    return result
+
+
+class FolderWatcher:
+    """Calls `on_change(paths)` from its own thread, at most once per debounce window, for relevant changes."""
+
+    def __init__(self, folders: Iterable[str], on_change: Callable[[set[str]], None], *,
+                 debounce_ms: int = DEBOUNCE_MS, mounts_file: str = "/proc/mounts"):
+        self.plan = plan(folders, read_mounts(mounts_file))
+        self.on_change = on_change
+        self.debounce_ms = max(debounce_ms, 1500)
+        self.stopped = threading.Event()
+        self.failure: str | None = None  # why watching stopped early (the timer goes on)
+        self._thread: threading.Thread | None = None
+        for folder, why in self.plan.timer_only.items():
+            log.info("not watching %s (%s); it is re-scanned on the timer", folder, why)
+
+    def start(self) -> None:
+        if self.plan.watched and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="modelsync-watcher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        self.stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        import watchfiles
+
+        try:
+            for changes in watchfiles.watch(*self.plan.watched, watch_filter=lambda _change, path: is_relevant(path),
+                                            debounce=self.debounce_ms, stop_event=self.stopped, raise_interrupt=False,
+                                            rust_timeout=1000, yield_on_timeout=False):
+                paths = {path for _change, path in changes}
+                if paths:
+                    self.on_change(paths)
+        except (OSError, RuntimeError) as exc:  # e.g. the inotify watch limit: the timed re-scan carries on
+            self.failure = str(exc)
+            log.warning("file watching stopped (%s); model folders are re-scanned on the timer only", exc)

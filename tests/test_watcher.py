@@ -1,0 +1,77 @@
+"""File watching: a model file that appears, changes or goes is seen soon (debounced), partial downloads are not,
+network shares are left to the timer, and a watcher that cannot watch says so once and stops."""
+import threading
+import time
+
+import model_factory
+
+from modelsync.shared.node import watcher as watcher_module
+from modelsync.shared.node.watcher import FolderWatcher, file_system_of, is_relevant, plan
+
+
+def wait_until(event: threading.Event, timeout: float = 15) -> bool:
+    return event.wait(timeout)
+
+
+class Collector:
+    def __init__(self):
+        self.calls: list[set[str]] = []
+        self.event = threading.Event()
+
+    def __call__(self, paths):
+        self.calls.append(paths)
+        self.event.set()
+
+
+def test_which_paths_are_changes():
+    assert is_relevant("/m/Lora/hero.safetensors") and is_relevant("/m/Lora/hero.preview.jpeg")
+    assert is_relevant("/m/Lora/hero.civitai.info") and is_relevant("/m/x.GGUF")
+    for partial in ("hero.safetensors.part", "x.tmp", "x.safetensors.downloading", "x.safetensors.aria2",
+                    ".modelsync-" + "a" * 64 + ".part", ".hidden.safetensors", "notes.txt"):
+        assert not is_relevant(f"/m/Lora/{partial}"), partial
+
+
+def test_network_shares_are_left_to_the_timer(tmp_path):
+    (tmp_path / "nas").mkdir()
+    (tmp_path / "local").mkdir()
+    mounts = [("/", "ext4"), (str(tmp_path / "nas"), "nfs4")]
+    assert file_system_of(str(tmp_path / "nas" / "Lora"), mounts) == "nfs4"
+    result = plan([str(tmp_path / "nas"), str(tmp_path / "local"), str(tmp_path / "gone")], mounts)
+    assert result.watched == [str(tmp_path / "local")]
+    assert "nfs4" in result.timer_only[str(tmp_path / "nas")] and str(tmp_path / "gone") in result.timer_only
+
+
+def test_a_new_model_file_is_seen_after_the_debounce_and_a_partial_download_is_not(tmp_path):
+    collector = Collector()
+    watcher = FolderWatcher([str(tmp_path)], collector)
+    watcher.start()
+    try:
+        time.sleep(0.5)  # the watch is in place
+        (tmp_path / "hero.safetensors.part").write_bytes(b"x" * 100)
+        assert not collector.event.wait(3)
+        model_factory.write_lora(tmp_path / "sub" / "hero.safetensors")
+        assert wait_until(collector.event)
+        assert any(p.endswith("hero.safetensors") for p in collector.calls[0])
+        collector.event.clear()
+        (tmp_path / "sub" / "hero.safetensors").unlink()
+        assert wait_until(collector.event)
+    finally:
+        watcher.stop()
+    assert not any(p.endswith(".part") for call in collector.calls for p in call)
+
+
+def test_a_watcher_that_cannot_watch_says_so_and_stops(tmp_path, monkeypatch, caplog):
+    import watchfiles
+
+    def exhausted(*args, **kwargs):
+        raise OSError("OS file watch limit reached")
+        yield  # a generator, as watchfiles.watch is
+
+    monkeypatch.setattr(watchfiles, "watch", exhausted)
+    collector = Collector()
+    watcher = FolderWatcher([str(tmp_path)], collector)
+    with caplog.at_level("WARNING", logger=watcher_module.__name__):
+        watcher.start()
+        watcher.stop()
+    assert watcher.failure == "OS file watch limit reached" and collector.calls == []
+    assert sum("re-scanned on the timer only" in r.message for r in caplog.records) == 1
