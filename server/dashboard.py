@@ -11,6 +11,7 @@ from typing import Any, Awaitable, Callable, ClassVar
 from urllib.parse import urlencode
 
 import jinja2
+from markupsafe import Markup
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -21,7 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelsync.shared.catalog import read_snapshot
 from modelsync.shared.job_requirements import FORMATS as JOB_FORMATS
-from modelsync.shared.records import BASES, METADATA_FIELDS, MODEL_TYPES
+from modelsync.shared.job_requirements import KINDS as JOB_KINDS
+from modelsync.shared.records import BASES, MANUAL_SOURCE, METADATA_FIELDS, MODEL_TYPES, UNKNOWN_MARK
 from modelsync.shared.units import human_size
 
 from . import dashboard_queries, queries
@@ -36,11 +38,30 @@ CONTENT_SECURITY_POLICY = (
 )
 PAGE_SIZES = (25, 50, 100, 200)
 CIVITAI_SITE = "https://civitai.com"
+# the Metadata column's words: which source filled the model's fields (the highest-priority one that gave any)
+METADATA_SOURCES = {
+    "a1111": "the A1111/Forge model JSON beside the file (<name>.json, written by the WebUI's “Edit metadata”)",
+    "civitai_json": "a Civitai JSON sidecar beside the file (<name>.civitai.info, or a downloader's .json)",
+    "embedded": "the file itself: its safetensors header metadata and what its tensors show (type, base)",
+    "civitai_api": "Civitai, asked by the file's hash by this server",
+    MANUAL_SOURCE: "an operator's override on this dashboard (wins over every source)",
+    UNKNOWN_MARK: "no source gave a field: no sidecar, no embedded metadata, and Civitai does not know the file "
+                  "(or has not been asked yet)",
+}
+
+
+def time_tag(moment: str | None, empty: str = "never") -> Markup:
+    """A stored UTC timestamp as <time>: common.js shows it in the browser's local time, with "3 min ago"; the
+    title keeps UTC for hovering."""
+    if not moment:
+        return Markup('<span class="sub">{}</span>').format(empty)
+    return Markup('<time datetime="{0}" title="{0} UTC">{0}</time>').format(moment)
 
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["size"] = human_size
+    env.filters["when"] = time_tag
     return env
 
 
@@ -84,13 +105,15 @@ def models_page(request: Request) -> Response:
     db = ctx.registry.db()
     params = dict(request.query_params)
     params.setdefault("limit", "50")
-    with read_snapshot(db):  # the rows and their nodes from one state
+    with read_snapshot(db):  # the rows, their nodes and the files not hashed yet from one state
         listing = queries.list_models(db, ctx.liveness, params)
         held = dashboard_queries.holders(db, [m["id"] for m in listing["models"]])
+        unhashed = dashboard_queries.unhashed_count(db, params.get("server"))
     return _render(
         request, "models.html", title="Models", nav="models", listing=listing, held=held, params=params,
         types=MODEL_TYPES, bases=BASES, nodes=dashboard_queries.node_choices(db), page_sizes=PAGE_SIZES,
         availability_filters=queries.AVAILABILITY_FILTERS, model_path_set=bool(ctx.own_node.model_paths),
+        unhashed=unhashed, metadata_sources=METADATA_SOURCES, own_node=ctx.liveness.own_server_id,
     )
 
 
@@ -116,6 +139,40 @@ def nodes_page(request: Request) -> Response:
     return _render(request, "nodes.html", title="Nodes", nav="nodes", matrix=grid, types=MODEL_TYPES)
 
 
+def _page_number(request: Request) -> int:
+    return queries.int_param(dict(request.query_params), "page", 1, 1, 10**9)
+
+
+@_page
+def problems_page(request: Request) -> Response:
+    db = context(request).registry.db()
+    server = request.query_params.get("server") or None
+    state = request.query_params.get("state") or None
+    with read_snapshot(db):
+        files = dashboard_queries.unusable_files(db, server, state, _page_number(request))
+        folders = dashboard_queries.unavailable_folders(db, server)
+        nodes = dashboard_queries.node_choices(db)
+    return _render(request, "problems.html", title="Problems", nav="problems", files=files, folders=folders, nodes=nodes,
+                   server=server or "", state=state or "", states=dashboard_queries.UNUSABLE_STATES)
+
+
+@_page
+def unhashed_page(request: Request) -> Response:
+    db = context(request).registry.db()
+    server = request.query_params.get("server") or None
+    with read_snapshot(db):
+        files = dashboard_queries.unhashed_files(db, server, _page_number(request))
+        nodes = dashboard_queries.node_choices(db)
+    return _render(request, "unhashed.html", title="Not hashed yet", nav="models", files=files, nodes=nodes,
+                   server=server or "")
+
+
+@_page
+def wanted_page(request: Request) -> Response:
+    # the list itself is read by wanted.js: GET /api/v1/models/wanted needs the queue token when one is set
+    return _render(request, "wanted.html", title="Wanted models", nav="wanted", kinds=list(JOB_KINDS))
+
+
 @_page
 def jobs_page(request: Request) -> Response:
     return _render(request, "jobs.html", title="Job check", nav="jobs", formats=JOB_FORMATS)
@@ -129,6 +186,11 @@ def overrides_page(request: Request) -> Response:
 
 def to_dashboard(request: Request) -> RedirectResponse:
     return RedirectResponse("/dashboard/models", status_code=302)
+
+
+def favicon(request: Request) -> RedirectResponse:
+    """What a browser asks for on a page that names no icon (the API's JSON opened in a tab)."""
+    return RedirectResponse("/dashboard/static/favicon.svg", status_code=301)
 
 
 class SecurityHeaders:
@@ -161,9 +223,13 @@ class SecurityHeaders:
 ROUTES: list[BaseRoute] = [
     Route("/", to_dashboard, methods=["GET"], include_in_schema=False),
     Route("/dashboard", to_dashboard, methods=["GET"], include_in_schema=False),
+    Route("/favicon.ico", favicon, methods=["GET"], include_in_schema=False),
     Route("/dashboard/models", models_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/models/{id:rowid}", model_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/nodes", nodes_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/problems", problems_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/unhashed", unhashed_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/wanted", wanted_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/jobs", jobs_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/overrides", overrides_page, methods=["GET"], include_in_schema=False),
     Mount("/dashboard/static", StaticFiles(directory=HERE / "static"), name="static"),

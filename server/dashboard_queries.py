@@ -102,3 +102,69 @@ def overridden_models(db: sqlite_utils.Database, limit: int = 500) -> list[dict[
         row["rejected"] = json.loads(row["rejected"])
         models.append(row)
     return models
+
+
+
+PAGE_SIZE = 100
+UNUSABLE_STATES = ("broken", "unreachable")
+
+
+@dataclass
+class FilesPage:
+    """One page of files across the nodes: their unusable files, or their files not hashed yet."""
+
+    files: list[dict[str, Any]]
+    total: int
+    page: int
+    pages: int
+
+
+def _files_page(db: sqlite_utils.Database, source: str, columns: str, where: list[str], args: list[Any], order: str,
+                page: int) -> FilesPage:
+    where_sql = " AND ".join(where) or "1"
+    total = db.conn.execute(f"SELECT COUNT(*) FROM {source} WHERE {where_sql}", args).fetchone()[0]
+    cursor = db.conn.execute(f"SELECT {columns} FROM {source} WHERE {where_sql} ORDER BY {order} LIMIT ? OFFSET ?",
+                             [*args, PAGE_SIZE, (page - 1) * PAGE_SIZE])
+    names = [d[0] for d in cursor.description]
+    return FilesPage([dict(zip(names, values)) for values in cursor], total, page, (total + PAGE_SIZE - 1) // PAGE_SIZE)
+
+
+def unusable_files(db: sqlite_utils.Database, server: str | None, state: str | None, page: int) -> FilesPage:
+    """The files no job may use (broken, or under a folder that cannot be read now), node by node; an unreachable
+    file that was hashed keeps its model (and AutoV2)."""
+    if state and state not in UNUSABLE_STATES:
+        raise ApiError(400, f"state must be one of {', '.join(UNUSABLE_STATES)}", "state")
+    where, args = [], []
+    if server:
+        where.append("u.server_id = ?")
+        args.append(server)
+    if state:
+        where.append("u.state = ?")
+        args.append(state)
+    return _files_page(
+        db, "unusable_files u LEFT JOIN models m ON m.id = u.model_id",
+        "u.server_id, u.path, u.rel_name, u.role, u.size, u.state, u.reason, u.since, u.last_seen, u.model_id, m.hash_autov2",
+        where, args, "u.server_id, u.state, u.path", page)
+
+
+def unavailable_folders(db: sqlite_utils.Database, server: str | None) -> list[dict[str, Any]]:
+    """Every node's folders that cannot be read now, each with its reason (servers.unavailable)."""
+    sql = "SELECT id, unavailable FROM servers WHERE unavailable IS NOT NULL AND unavailable != '[]'"
+    rows = db.conn.execute(sql + (" AND id = ?" if server else "") + " ORDER BY id", [server] if server else []).fetchall()
+    return [{"server_id": server_id, **folder} for server_id, text in rows for folder in json.loads(text)]
+
+
+def unhashed_files(db: sqlite_utils.Database, server: str | None, page: int) -> FilesPage:
+    """Files a node listed without hashes: not models until hashed (model_id NULL)."""
+    where, args = ["a.model_id IS NULL"], []
+    if server:
+        where.append("a.server_id = ?")
+        args.append(server)
+    return _files_page(db, "model_server_availability a",
+                       "a.server_id, a.path, a.rel_name, a.role, a.size, a.content_type, a.content_base, a.last_seen",
+                       where, args, "a.server_id, a.path", page)
+
+
+def unhashed_count(db: sqlite_utils.Database, server: str | None) -> int:
+    sql = "SELECT COUNT(*) FROM model_server_availability WHERE model_id IS NULL"
+    return db.conn.execute(sql + (" AND server_id = ?" if server else ""), [server] if server else []).fetchone()[0]

@@ -4,14 +4,17 @@ small fleet of real nodes to look at.
     def test_x(browser_page, dashboard_fleet): ...
 
 Without the `chromium` binary (tests/run.sh installs it when run as root) or the `playwright` package, the
-browser tests skip and say why. Every page is watched: a JavaScript error, a Content-Security-Policy violation or a
-JavaScript dialog (an injected `alert`) fails the test. With MODELSYNC_SCREENSHOTS=<folder> the tests that show a page
-save its PNG there (docs/screenshots/ holds the committed ones).
+browser tests skip and say why. Every page is watched: a JavaScript error, a console error, a Content-Security-Policy
+violation (the console's report and the `securitypolicyviolation` event), a request answered 4xx/5xx or not at all
+(a missing favicon, stylesheet or image) or a JavaScript dialog (an injected `alert`) fails the test; a test that
+means to get an error answer says which with `expect_failures`. With MODELSYNC_SCREENSHOTS=<folder> the tests that
+show a page save its PNG there (docs/screenshots/ holds the committed ones).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +26,7 @@ from support_jobs import JobNode, set_last_contact
 from support_server import RunningServer
 
 CHROMIUM = shutil.which("chromium")
+BROWSER_TIMEZONE = "Asia/Kolkata"  # UTC+05:30, no daylight saving: local time is visibly not UTC
 EVIL_NAME = "<script>alert('pwned')</script> Evil <b>bold</b>"
 
 
@@ -39,22 +43,60 @@ def browser() -> Iterator[Any]:
 
 @dataclass
 class PageWatch:
-    """What a page did that it must not: JavaScript errors, CSP violations, dialogs."""
+    """What a page did that it must not: JavaScript errors, console errors, CSP violations, failed requests, dialogs."""
 
     errors: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
     csp_violations: list[str] = field(default_factory=list)
+    failed_requests: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
+    expected_failures: list[re.Pattern] = field(default_factory=list)
+
+    def expected(self, url: str) -> bool:
+        return any(pattern.search(url) for pattern in self.expected_failures)
+
+    def on_response(self, response: Any) -> None:
+        if response.status >= 400 and not self.expected(response.url):
+            self.failed_requests.append(f"{response.status} {response.request.method} {response.url}")
+
+    def on_request_failed(self, request: Any) -> None:
+        # a request cut short by the test going to the next page is not a fault of the page
+        if request.failure != "net::ERR_ABORTED" and not self.expected(request.url):
+            self.failed_requests.append(f"{request.failure} {request.url}")
+
+    def on_console(self, message: Any) -> None:
+        if "Content Security Policy" in message.text:
+            self.csp_violations.append(message.text)
+        # the browser's own line for an expected error answer is not a fault (on_response judges each answer)
+        elif message.type == "error" and not (message.text.startswith("Failed to load resource")
+                                              and self.expected(message.location.get("url", ""))):
+            self.console_errors.append(message.text)
+
+
+# reports every `securitypolicyviolation` event to the test, whatever the console says (added before any page script)
+CSP_LISTENER = """document.addEventListener("securitypolicyviolation", (e) =>
+  window.__modelsyncCspViolation(e.violatedDirective + " blocked " + (e.blockedURI || "inline") + " on " + e.documentURI));"""
+
+
+def expect_failures(page: Any, *url_patterns: str) -> None:
+    """The requests (URL regexes) this test means to be answered with an error: not counted as failures."""
+    page.watch.expected_failures.extend(re.compile(p) for p in url_patterns)
 
 
 @pytest.fixture
 def browser_page(browser) -> Iterator[Any]:
-    """A fresh browser context (its own sessionStorage) and page; fails the test on a JS error, CSP violation or dialog."""
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    """A fresh browser context (its own sessionStorage) and page; fails the test on a JS error, a console error, a CSP
+    violation, an unexpected failed request or a dialog."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900}, timezone_id=BROWSER_TIMEZONE)
+    watch = PageWatch()
+    context.expose_binding("__modelsyncCspViolation", lambda source, text: watch.csp_violations.append(text))
+    context.add_init_script(CSP_LISTENER)
     page = context.new_page()
     page.set_default_timeout(15_000)
-    watch = PageWatch()
     page.on("pageerror", lambda exc: watch.errors.append(str(exc)))
-    page.on("console", lambda msg: watch.csp_violations.append(msg.text) if "Content Security Policy" in msg.text else None)
+    page.on("console", watch.on_console)
+    page.on("response", watch.on_response)
+    page.on("requestfailed", watch.on_request_failed)
 
     def on_dialog(dialog: Any) -> None:
         watch.dialogs.append(dialog.message)
@@ -66,6 +108,8 @@ def browser_page(browser) -> Iterator[Any]:
     context.close()
     assert watch.errors == [], f"JavaScript errors: {watch.errors}"
     assert watch.csp_violations == [], f"Content-Security-Policy violations: {watch.csp_violations}"
+    assert watch.console_errors == [], f"console errors: {watch.console_errors}"
+    assert watch.failed_requests == [], f"failed requests: {watch.failed_requests}"
     assert watch.dialogs == [], f"dialogs opened (injected script?): {watch.dialogs}"
 
 
@@ -105,7 +149,8 @@ class Fleet:
 
 def build_fleet(server: RunningServer, own_models: Path, base: Path) -> Fleet:
     """Three pushing nodes (gpu-02 with Windows paths, gpu-03 silent for a day, so offline) and the server's own
-    MODEL_PATH (three files, not scanned yet)."""
+    MODEL_PATH (three files, not scanned yet). gpu-01 has problems: a truncated LoRA (broken) and a linked share whose
+    target went away after its first sync (its LoRA unreachable, so that model is on no node)."""
     files: dict[str, Path] = {
         "own_lora_xl": model_factory.write_lora(own_models / "Lora" / "own_lora_xl.safetensors", base="sdxl"),
         "own_lora_sd1": model_factory.write_lora(own_models / "Lora" / "own_lora_sd1.safetensors", base="sd1"),
@@ -121,8 +166,15 @@ def build_fleet(server: RunningServer, own_models: Path, base: Path) -> Fleet:
     gpu2.copy(files["base_xl"], "Stable-diffusion", "base_xl.safetensors")
     gpu2.copy(files["ink"], "Lora", "Ink.safetensors")
     files["zap"] = gpu3.add("Lora", "Zap.safetensors", base="sdxl")
+    share = base / "nas" / "loras"
+    files["nas_style"] = model_factory.write_lora(share / "nas_style.safetensors", base="sdxl")
+    os.symlink(share, gpu1.models / "Lora" / "nas")
     for node in nodes.values():
         node.push()
+    share.rename(share.with_name("gone"))  # the share is unmounted: its file is unreachable, kept with its hash
+    files["half"] = gpu1.models / "Lora" / "half_download.safetensors"
+    files["half"].write_bytes(files["hero"].read_bytes()[:3000])  # the header intact, the tensors cut off: broken
+    gpu1.push()
     set_last_contact(server.db_path, "gpu-03", "2000-01-01T00:00:00Z")
     return Fleet(server, own_models, nodes, files)
 

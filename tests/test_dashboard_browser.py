@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from support_browser import (  # noqa: F401  (fixtures)
+    BROWSER_TIMEZONE,
     EVIL_NAME,
     browser,
     browser_page,
     build_fleet,
     dashboard_fleet,
+    expect_failures,
     screenshot,
     sha256_of,
     sign_in,
 )
-from support_server import central_server, make_server  # noqa: F401  (fixtures)
+from support_server import central_server, make_server, wait_for  # noqa: F401  (fixtures)
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[test])")
 from playwright.sync_api import expect  # noqa: E402
+
+
+def shown_time(moment: str) -> re.Pattern:
+    """How the dashboard shows a recent stored UTC time: in the browser's time zone, with how long ago."""
+    local = datetime.strptime(moment, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).astimezone(ZoneInfo(BROWSER_TIMEZONE))
+    return re.compile(rf"^{local:%Y-%m-%d %H:%M} \((just now|\d+ min ago)\)$")
 
 
 def api_total(fleet, **params) -> int:
@@ -99,6 +109,7 @@ def test_paging_is_server_side(browser_page, dashboard_fleet):
     assert "type=lora" in page.url and "limit=2" in page.url
     assert total > len(seen)
 
+    expect_failures(page, r"/dashboard/models\?limit=0$")
     response = page.goto(fleet.url("/dashboard/models?limit=0"))
     assert response.status == 400
     expect(page.locator("#page-error")).to_have_text("400: limit must be between 1 and 500")
@@ -154,6 +165,7 @@ def _release(page, held) -> None:
 
 def test_scan_errors_are_shown(browser_page, central_server):
     page = browser_page
+    expect_failures(page, r"/api/v1/models/scan$")
     page.goto(central_server.url("/dashboard/models"))
     page.click("#scan-button")
     expect(page.locator("#scan-result")).to_contain_text("Scan failed: MODEL_PATH is not set")
@@ -165,6 +177,7 @@ def test_admin_token_is_asked_once_per_browser_session(browser, browser_page, da
     page, fleet = browser_page, dashboard_fleet
     page.goto(fleet.url(f"/dashboard/models/{fleet.model_id('ink')}"))
     expect(page.locator("#override-panel")).to_be_hidden()
+    expect_failures(page, r"/api/v1/admin/check$")
     page.fill("#admin-token", "not-the-token")
     page.click("#admin-form button[type=submit]")
     expect(page.locator("#admin-message")).to_have_text("the token is not the admin token")
@@ -288,12 +301,20 @@ def test_nodes_page_and_matrix(browser_page, dashboard_fleet):
     rows = page.locator("#nodes tbody tr")
     expect(rows).to_have_count(len(api_nodes))
     for server_id, node in api_nodes.items():
+        if server_id == "gpu-03":
+            continue  # silent for years: below
         row = page.locator(f"#nodes tr[data-server-id='{server_id}']")
         expect(row.locator("td:nth-child(2)")).to_have_text("online" if node["online"] else "offline")
         expect(row.locator("td:nth-child(5)")).to_have_text(str(node["model_count"]))
-        expect(row.locator("td:nth-child(8)")).to_have_text(node["api_url"] or "")
-        expect(row.locator("td:nth-child(3)")).to_have_text(node["last_sync"] or "never")
+        expect(row.locator("td.api-url")).to_have_text(node["api_url"] or "")
+        expect(row.locator("td.last-sync time")).to_have_text(shown_time(node["last_sync"]))
+        expect(row.locator("td.last-sync time")).to_have_attribute("title", node["last_sync"] + " UTC")
+        expect(row.locator("td.broken")).to_have_text(str(node["broken_count"]))
+        expect(row.locator("td.unreachable")).to_have_text(str(node["unreachable_count"]))
+        expect(row.locator("td.folders .folder")).to_have_text([f"{f['path']} {f['reason']}" for f in node["unavailable"]])
     assert api_nodes["gpu-03"]["online"] is False
+    assert (api_nodes["gpu-01"]["broken_count"], api_nodes["gpu-01"]["unreachable_count"]) == (1, 1)
+    expect(page.locator("#nodes tr[data-server-id='gpu-03'] td.last-sync")).to_have_text("2000-01-01 05:30")  # no "ago"
 
     page.select_option("#matrix-form select[name=type]", "lora")
     page.click("#matrix-form button[type=submit]")
@@ -354,6 +375,7 @@ def test_job_check(browser_page, dashboard_fleet):
     expect(page.locator("#job-verdict")).to_contain_text("cannot run")
     assert fleet.server.get("/api/v1/models/wanted").json()["wanted"] == []  # a look from the dashboard is not a job
 
+    expect_failures(page, r"/api/v1/jobs/availability$")  # the jobs that cannot be read below
     page.fill("#job-text", "{not json")
     page.click("#job-check")
     expect(page.locator("#job-message")).to_contain_text("the job is not valid JSON")
@@ -365,6 +387,7 @@ def test_job_check(browser_page, dashboard_fleet):
 def test_job_check_shows_why_json_text_cannot_be_read(browser_page, dashboard_fleet):
     # issue 10: this (the closing brace missing) was answered "can run - the job names no model"
     page, fleet = browser_page, dashboard_fleet
+    expect_failures(page, r"/api/v1/jobs/availability$")
     page.goto(fleet.url("/dashboard/jobs"))
     broken = '{"prompt": "x", "steps": "many"'
     expected = fleet.server.post("/api/v1/jobs/availability", json={"job": broken, "format": "auto"})
@@ -393,6 +416,7 @@ def test_job_check_with_a_queue_token(browser_page, make_server, tmp_path):  # n
     server = make_server(queue_token="queue-token-for-the-browser-test", model_paths=[tmp_path / "own"])
     fleet = build_fleet(server, tmp_path / "own", tmp_path / "nodes")
     job = json.dumps({"prompt": "<lora:Ink:1>"})
+    expect_failures(page, r"/api/v1/jobs/availability$")  # without the token
     page.goto(fleet.url("/dashboard/jobs"))
     page.fill("#job-text", job)
     page.click("#job-check")
@@ -447,3 +471,191 @@ def test_user_text_is_escaped(browser_page, dashboard_fleet):
         expect(page.locator("main")).to_contain_text(EVIL_NAME)
         assert page.locator("main script, main b").count() == 0
     assert page.locator("script").count() == 1  # common.js only on the nodes page
+
+
+PAGES = ("/dashboard/models", "/dashboard/nodes", "/dashboard/problems", "/dashboard/unhashed", "/dashboard/wanted",
+         "/dashboard/jobs", "/dashboard/overrides")
+
+
+def test_problems_page_shows_why_files_are_not_offered(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    page.goto(fleet.url("/dashboard/models"))
+    page.click("header nav a:text('Problems')")
+    expect(page).to_have_url(fleet.url("/dashboard/problems"))
+    node = next(n for n in fleet.server.get("/api/v1/servers").json()["servers"] if n["id"] == "gpu-01")
+    folders = page.locator("#unavailable-folders tbody tr")
+    expect(folders).to_have_count(1)
+    expect(folders.locator("td")).to_have_text(["gpu-01", node["unavailable"][0]["path"], node["unavailable"][0]["reason"]])
+    assert node["unavailable"][0]["path"].endswith("nas")
+
+    expected = [f for state in ("broken", "unreachable")
+                for f in fleet.server.get("/api/v1/servers/gpu-01/files", params={"state": state}).json()["files"]]
+    rows = page.locator("#problem-files tbody tr")
+    expect(rows).to_have_count(len(expected))
+    for i, f in enumerate(expected):
+        row = rows.nth(i)
+        expect(row).to_have_attribute("data-state", f["state"])
+        expect(row.locator("td.file")).to_have_text(f["rel_name"] + f["path"])
+        expect(row.locator("td.reason")).to_have_text(f["reason"])
+        expect(row.locator("td.since time")).to_have_text(shown_time(f["since"]))
+        expect(row.locator("td.since time")).to_have_attribute("title", f["since"] + " UTC")
+    broken, unreachable = expected
+    assert "truncated" in broken["reason"] and broken["rel_name"] == "half_download.safetensors"
+    # the unreachable file keeps its model: a link to it with its AutoV2
+    expect(rows.nth(1).locator("a")).to_have_attribute("href", f"/dashboard/models/{unreachable['model_id']}")
+    expect(rows.nth(1).locator(".hash")).to_have_text(unreachable["hash_autov2"])
+    screenshot(page, "problems")
+
+    page.select_option("#problems-form select[name=state]", "broken")
+    page.click("#problems-form button[type=submit]")
+    expect(page.locator("#problem-files tbody tr")).to_have_count(1)
+    expect(page.locator("#problem-count")).to_have_text("1 file")
+    page.select_option("#problems-form select[name=server]", "gpu-02")
+    page.click("#problems-form button[type=submit]")
+    expect(page.locator("#problem-files tbody td.empty")).to_have_text("No broken or unreachable file on gpu-02.")
+    expect(page.locator("#unavailable-folders tbody td.empty")).to_be_visible()
+
+    # from the Nodes page, a node's counts open its problems
+    page.goto(fleet.url("/dashboard/nodes"))
+    page.click("#nodes tr[data-server-id='gpu-01'] td.unreachable a")
+    expect(page.locator("#problem-files tbody tr")).to_have_count(1)
+    expect(page.locator("#problem-files tbody tr")).to_have_attribute("data-state", "unreachable")
+
+
+def test_files_not_hashed_yet_are_shown_where_the_scan_says(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    before = api_total(fleet)
+    # a file of the server's own that is no whole model: a problem of the scan, not a failure of it
+    (fleet.own_models / "Lora" / "empty.safetensors").write_bytes(b"")
+    page.goto(fleet.url("/dashboard/models"))
+    expect(page.locator("#unhashed-notice")).to_have_count(0)
+    page.click("#scan-button")
+    result = page.locator("#scan-result")
+    expect(result).to_contain_text("Not hashed: 3 files. A file is not a model until hashed")
+    expect(result).to_have_class(re.compile(r"\bsuccess\b"))
+    expect(result).not_to_have_class(re.compile(r"\berror\b"))
+    expect(result.locator(".problem")).to_have_count(1)
+    expect(result.locator(".problem")).to_contain_text("empty.safetensors")
+    red = "rgb(180, 35, 24)"  # --bad
+    assert result.locator(".summary").evaluate("n => getComputedStyle(n).color") != red
+    assert result.locator(".problem").evaluate("n => getComputedStyle(n).color") == red
+    expect(page.locator("#model-count")).to_have_text(count_text(before))
+    expect(page.locator("#unhashed-notice")).to_contain_text("3 files are not hashed yet: not models until hashed")
+    screenshot(page, "models-scan-unhashed")
+
+    result.locator("a").click()  # the scan's message says where they are
+    expect(page).to_have_url(fleet.url("/dashboard/unhashed?server=central"))
+    expected = fleet.server.get("/api/v1/servers/central/files", params={"unhashed": "true"}).json()
+    assert expected["total"] == 3
+    rows = page.locator("#unhashed-files tbody tr")
+    expect(rows.locator("td.file")).to_have_text([f["rel_name"] + f["path"] for f in expected["files"]])
+    expect(rows.locator(".badge")).to_have_text(["not hashed"] * 3)
+    expect(page.locator("#unhashed-count")).to_have_text("3 files not hashed yet")
+
+    page.goto(fleet.url("/dashboard/models?server=gpu-01"))  # the notice follows the node filter
+    expect(page.locator("#unhashed-notice")).to_have_count(0)
+    page.goto(fleet.url("/dashboard/models?server=central"))
+    page.click("#unhashed-link")
+    expect(page.locator("#unhashed-files tbody tr")).to_have_count(3)
+
+
+def test_metadata_words_have_a_legend(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    page.goto(fleet.url("/dashboard/models"))
+    legend = dict(zip(page.locator("#metadata-legend dt").all_inner_texts(), page.locator("#metadata-legend dd").all_inner_texts()))
+    assert set(legend) == {"a1111", "civitai_json", "embedded", "civitai_api", "manual", "none"}
+    cells = page.locator("#models-table tbody td.source abbr")
+    shown = {cells.nth(i).inner_text(): cells.nth(i).get_attribute("title") for i in range(cells.count())}
+    assert {"civitai_json", "embedded"} <= set(shown)  # Hero has a Civitai sidecar; the others their own header
+    for word, title in shown.items():
+        assert title == legend[word]
+    sources = {m["metadata_source"] for m in fleet.server.get("/api/v1/models", params={"limit": 500}).json()["models"]}
+    assert {s or "none" for s in sources} == set(shown)
+
+
+def test_wanted_models_page(browser_page, dashboard_fleet):
+    page, fleet = browser_page, dashboard_fleet
+    for _ in range(2):  # the queue asks twice for a LoRA no node has, once for a checkpoint
+        fleet.server.post("/api/v1/jobs/availability", json={"job": {"prompt": "<lora:nowhere_lora:1>"}})
+    fleet.server.post("/api/v1/jobs/availability", json={"job": {"prompt": "x", "override_settings": {"sd_model_checkpoint": "lost_ckpt"}}})
+
+    def counted() -> list[dict] | None:  # each count is written after its answer is sent
+        wanted = fleet.server.get("/api/v1/models/wanted").json()["wanted"]
+        return wanted if [w["requests"] for w in wanted] == [2, 1] else None
+
+    expected = wait_for(counted)
+    page.goto(fleet.url("/dashboard/models"))
+    page.click("header nav a:text('Wanted')")
+    rows = page.locator("#wanted tbody tr")
+    expect(rows).to_have_count(2)
+    for i, w in enumerate(expected):
+        expect(rows.nth(i).locator("td").nth(0)).to_have_text(w["kind"])
+        expect(rows.nth(i).locator("td").nth(1)).to_have_text(w["reference"])
+        expect(rows.nth(i).locator("td").nth(2)).to_have_text(str(w["requests"]))
+        expect(rows.nth(i).locator("td").nth(3).locator("time")).to_have_text(shown_time(w["last_wanted"]))
+        expect(rows.nth(i).locator("td").nth(3).locator("time")).to_have_attribute("title", w["last_wanted"] + " UTC")
+    expect(rows.nth(0).locator(".badge")).to_have_text("unknown")
+    screenshot(page, "wanted")
+
+    page.select_option("#wanted-form select[name=kind]", "checkpoint")
+    page.click("#wanted-form button[type=submit]")
+    expect(page.locator("#wanted tbody tr")).to_have_count(1)
+    expect(page.locator("#wanted tbody td").nth(1)).to_have_text("lost_ckpt")
+    assert "kind=checkpoint" in page.url
+
+
+def test_wanted_models_page_with_a_queue_token(browser_page, make_server, tmp_path):  # noqa: F811
+    page = browser_page
+    server = make_server(queue_token="queue-token-for-the-wanted-page")
+    queue = {"Authorization": "Bearer queue-token-for-the-wanted-page"}
+    server.post("/api/v1/jobs/availability", json={"job": {"prompt": "<lora:nowhere_lora:1>"}}, headers=queue)
+    wait_for(lambda: server.get("/api/v1/models/wanted", headers=queue).json()["wanted"])  # written after the answer
+    assert server.get("/api/v1/models/wanted").status_code == 401
+    expect_failures(page, r"/api/v1/models/wanted\?")
+    page.goto(server.url("/dashboard/wanted"))
+    expect(page.locator("#wanted-message")).to_contain_text("need the queue token: enter the admin token above")
+    expect(page.locator("#wanted-result")).to_be_hidden()
+    sign_in(page, server.admin_token)
+    expect(page.locator("#wanted tbody tr")).to_have_count(1)
+    expect(page.locator("#wanted tbody td").nth(1)).to_have_text("<lora:nowhere_lora:1>")
+    expect(page.locator("#wanted-message")).to_be_hidden()
+
+
+def test_every_page_loads_whole_with_its_favicon_and_no_csp_violation(browser_page, dashboard_fleet):
+    # the fixture fails the test on any failed request (a favicon 404), console error or CSP violation
+    page, fleet = browser_page, dashboard_fleet
+    icons = []
+    page.on("response", lambda r: icons.append((r.status, r.headers.get("content-type"))) if "favicon" in r.url else None)
+    for path in (*PAGES, f"/dashboard/models/{fleet.model_id('hero')}", "/dashboard/nodes?type=lora"):
+        page.goto(fleet.url(path))
+        page.wait_for_load_state("networkidle")
+        expect(page.locator("link[rel=icon]")).to_have_attribute("href", "/dashboard/static/favicon.svg")
+        assert page.evaluate("document.querySelectorAll('img[src^=\"data:\"]').length") == 0
+    expect_failures(page, r"/dashboard/models/999999$")
+    page.goto(fleet.url("/dashboard/models/999999"))
+    expect(page.locator("#page-error")).to_contain_text("404")
+    page.goto(fleet.url("/favicon.ico"))  # a browser's own guess, for a page that names no icon
+    assert page.url == fleet.url("/dashboard/static/favicon.svg")
+    assert icons and all(status == 200 and ctype.startswith("image/svg+xml") for status, ctype in icons if status != 301)
+
+
+def test_pages_fit_a_phone_screen(browser, dashboard_fleet):
+    fleet = dashboard_fleet
+    context = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    page = context.new_page()
+    fleet.server.post("/api/v1/jobs/availability", json={"job": {"prompt": "<lora:nowhere_lora:1>"}})
+    try:
+        for path in (*PAGES, f"/dashboard/models/{fleet.model_id('hero')}", "/dashboard/nodes?type=lora"):
+            page.goto(fleet.url(path))
+            page.wait_for_load_state("networkidle")
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 375, f"{path} is {width} px wide on a 375 px screen"
+        page.goto(fleet.url("/dashboard/models"))
+        # the wide table scrolls inside its box instead
+        box = page.locator("#models-table").locator("xpath=..")
+        assert box.evaluate("n => n.classList.contains('table-scroll') && n.scrollWidth > n.clientWidth")
+        box.evaluate("n => { n.scrollLeft = n.scrollWidth; }")
+        assert box.evaluate("n => n.scrollLeft") > 0
+        screenshot(page, "models-phone")
+    finally:
+        context.close()

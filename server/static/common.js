@@ -1,5 +1,6 @@
 // Shared by every dashboard page: the admin token (kept in sessionStorage), JSON API calls, building elements
-// with textContent only (never innerHTML with data), and re-reading a region of the current page.
+// with textContent only (never innerHTML with data), re-reading a region of the current page, and showing the
+// server's UTC timestamps (<time datetime>) in the browser's local time with "3 min ago".
 "use strict";
 
 const ModelSync = (() => {
@@ -57,6 +58,44 @@ const ModelSync = (() => {
     node.classList.toggle("success", kind === "success");
   }
 
+  const pad = (n) => String(n).padStart(2, "0");
+
+  function localTime(date) {
+    return date.getFullYear() + "-" + pad(date.getMonth() + 1) + "-" + pad(date.getDate()) + " " +
+      pad(date.getHours()) + ":" + pad(date.getMinutes());
+  }
+
+  function ago(date, now) {
+    const seconds = Math.round((now - date) / 1000);
+    if (seconds < -60) return null; // a clock ahead of this browser's: the time alone says it
+    if (seconds < 60) return "just now";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min ago";
+    if (seconds < 86400) return Math.floor(seconds / 3600) + " h ago";
+    const days = Math.floor(seconds / 86400);
+    return days <= 30 ? days + (days === 1 ? " day ago" : " days ago") : null;
+  }
+
+  function showLocal(node, now = Date.now()) {
+    // the server writes UTC; the reader wants local time, and how long ago for recent moments
+    const date = new Date(node.getAttribute("datetime"));
+    if (Number.isNaN(date.getTime())) return;
+    const since = ago(date, now);
+    node.textContent = localTime(date) + (since ? " (" + since + ")" : "");
+    node.title = node.getAttribute("datetime") + " UTC";
+  }
+
+  function localTimes() {
+    const now = Date.now();
+    document.querySelectorAll("time[datetime]").forEach((node) => showLocal(node, now));
+  }
+
+  function timeTag(moment) {
+    if (!moment) return el("span", { className: "sub", text: "never" });
+    const node = el("time", { datetime: moment });
+    showLocal(node);
+    return node;
+  }
+
   async function refreshRegion(selector) {
     // the page is rendered (and escaped) by the server: read it again and swap one region in
     const response = await fetch(location.href, { headers: { Accept: "text/html" } });
@@ -65,6 +104,7 @@ const ModelSync = (() => {
     const fresh = doc.querySelector(selector);
     const current = document.querySelector(selector);
     if (fresh && current) current.replaceWith(document.importNode(fresh, true));
+    localTimes();
     showAdmin(adminToken() !== null);
   }
 
@@ -91,6 +131,7 @@ const ModelSync = (() => {
     input.value = "";
     say("admin-message", "");
     showAdmin(true);
+    document.dispatchEvent(new CustomEvent("modelsync:signed-in"));
   }
 
   function forgetToken() {
@@ -102,7 +143,9 @@ const ModelSync = (() => {
     document.getElementById("admin-form").addEventListener("submit", useToken);
     document.getElementById("admin-forget").addEventListener("click", forgetToken);
     showAdmin(adminToken() !== null);
+    localTimes();
+    setInterval(localTimes, 30_000); // "3 min ago" stays true while the page is open
   });
 
-  return { api, el, say, refreshRegion };
+  return { api, el, say, refreshRegion, timeTag };
 })();
