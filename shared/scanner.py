@@ -81,6 +81,9 @@ class ScanReport:
             f"- Updated: {s.updated} models with new metadata",
             f"- Calculated: {s.hashesCalculated} hashes",
         ]
+        unhashed = s.hashesSkipped
+        if unhashed:
+            lines.append(f"- Not hashed yet: {unhashed} files (listed, not models until hashed: scan with hashing on)")
         if s.removed:
             lines.append(f"- Removed: {s.removed} models no longer on disk")
         for folder in self.unavailable:

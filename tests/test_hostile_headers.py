@@ -35,7 +35,8 @@ def test_the_documented_policy_is_the_one_sent(server):
 
 
 def test_no_page_needs_a_data_image(server):
-    pages = ["/dashboard/models", "/dashboard/nodes", "/dashboard/jobs", "/dashboard/overrides"]
+    pages = ["/dashboard/models", "/dashboard/nodes", "/dashboard/jobs", "/dashboard/overrides", "/dashboard/problems",
+             "/dashboard/unhashed", "/dashboard/wanted"]
     texts = [server.get(page).text for page in pages]
     assets = {m for text in texts for m in re.findall(r'(?:href|src)="(/dashboard/static/[^"]+)"', text)}
     assert any(a.endswith(".css") for a in assets) and any(a.endswith(".js") for a in assets)
