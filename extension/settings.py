@@ -1,11 +1,43 @@
-"""The "Model Sync" settings section (stored by the host in shared.opts) and typed access to it."""
+"""The extension's settings (a section of the host's Settings tab, kept by the host in shared.opts) and typed access to it."""
 from __future__ import annotations
 
+import inspect
 import socket
 from dataclasses import dataclass
 
+from ..shared.push_client import PushError, check_server_url
+
 SECTION = ("modelsync", "Model Sync")
+CATEGORY = "system"  # the Settings tab's heading above the section (A1111 1.7+ and Forge); older hosts have none
 MB = 1024 * 1024
+
+
+@dataclass
+class ServerURL:
+    """The central server's URL as the node uses it: `url` is "" when none is set or the setting cannot be used;
+    `note` says what was fixed in the setting, or why it cannot be used."""
+
+    url: str
+    note: str | None = None
+
+
+def server_url_of(setting: str) -> ServerURL:
+    """"127.0.0.1:8188" is taken as "http://127.0.0.1:8188" (and said so); a URL that cannot be fixed is not used."""
+    text = setting.strip()
+    if not text:
+        return ServerURL("")
+    try:
+        return ServerURL(check_server_url(text).rstrip("/"))
+    except PushError as exc:
+        problem = str(exc)
+    if "://" not in text:
+        try:
+            fixed = check_server_url("http://" + text).rstrip("/")
+        except PushError:
+            pass
+        else:
+            return ServerURL(fixed, f"the setting {text!r} has no http://, so {fixed} is used: write it so in Settings > Model Sync")
+    return ServerURL("", f"{problem}; fix it in Settings > Model Sync")
 
 
 @dataclass
@@ -16,7 +48,7 @@ class NodeSettings:
     token: str = ""
     api_url: str = ""
     push_on_startup: bool = True
-    hash_new_files: bool = True
+    hash_new_files: bool = True  # also the default of the tab's "Calculate Hashes"
     rescan_minutes: int = 0
     heartbeat_seconds: int = 60
     max_hash_size_mb: int = 0
@@ -30,16 +62,20 @@ class NodeSettings:
     def effective_node_id(self) -> str:
         return self.node_id.strip() or socket.gethostname()
 
+    @property
+    def server(self) -> ServerURL:
+        return server_url_of(self.server_url)
+
 
 # option key -> (NodeSettings field, label)
 OPTIONS: dict[str, tuple[str, str]] = {
-    "modelsync_server_url": ("server_url", "Central server URL (empty: local scan only)"),
+    "modelsync_server_url": ("server_url", "Central server URL, e.g. http://central:8188 (empty: local scan only)"),
     "modelsync_node_id": ("node_id", "This node's id (empty: host name)"),
     "modelsync_display_name": ("display_name", "Display name"),
     "modelsync_token": ("token", "Node token (empty: given by the server at first push)"),
     "modelsync_api_url": ("api_url", "Base URL where the job queue reaches this node's API"),
     "modelsync_push_on_startup": ("push_on_startup", "Scan and push the inventory on start-up"),
-    "modelsync_hash_new_files": ("hash_new_files", "Hash new files automatically"),
+    "modelsync_hash_new_files": ("hash_new_files", "Hash new files automatically (also the default of the tab's Calculate Hashes)"),
     "modelsync_rescan_minutes": ("rescan_minutes", "Re-scan interval in minutes (0: off)"),
     "modelsync_heartbeat_seconds": ("heartbeat_seconds", "Heartbeat to the central server every N seconds (0: off)"),
     "modelsync_max_hash_size_mb": ("max_hash_size_mb", "Largest file to hash, MB (0: default, 15 GB)"),
@@ -48,12 +84,14 @@ OPTIONS: dict[str, tuple[str, str]] = {
 
 
 def register_options() -> None:
-    """Called from on_ui_settings."""
+    """Called from on_ui_settings. The section goes under the "System" category where the host has categories
+    (OptionInfo's `category_id`, A1111 1.7+ and Forge); elsewhere it would land under "Uncategorized"."""
     from modules import shared
 
     defaults = NodeSettings()
+    category = {"category_id": CATEGORY} if "category_id" in inspect.signature(shared.OptionInfo).parameters else {}
     for key, (field_name, label) in OPTIONS.items():
-        shared.opts.add_option(key, shared.OptionInfo(getattr(defaults, field_name), label, section=SECTION))
+        shared.opts.add_option(key, shared.OptionInfo(getattr(defaults, field_name), label, section=SECTION, **category))
 
 
 def read_settings() -> NodeSettings:

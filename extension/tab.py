@@ -1,28 +1,67 @@
-"""The "Model Sync" tab. Uses only gradio APIs present in both 3.41 (A1111) and 4.40 (Forge)."""
+"""The "Model Sync" tab. Uses only gradio APIs present in both 3.41 (A1111) and 4.40 (Forge).
+
+Nothing a control calls waits for the central server: the scan's report and the local table show as soon as the
+files are read; the push and the fleet counts go on in the background, and `follow_background` brings their
+outcome to the page when they end."""
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import time
 from collections.abc import Iterator
+from pathlib import PurePosixPath
 from typing import Any
 
 import gradio as gr
 
 from ..shared.catalog import migrate, open_catalog
+from ..shared.catalog_view import FileFilter, FileRecord, find, list_files
 from ..shared.units import human_size
 from .node_service import NodeService, ScanState
 from .thumbnails import thumbnail_markdown
 
-TABLE_HEADERS = ["Preview", "Name", "Type", "Base", "AutoV2", "Size", "Metadata source", "Fleet nodes", "Path"]
-TABLE_TYPES = ["markdown"] + ["str"] * (len(TABLE_HEADERS) - 1)
+# Preview last: when no file has one, the column is left out (a table value carries its own headers) and the
+# other columns keep their places and types.
+TABLE_HEADERS = ["Name", "Type", "Folder", "Base", "AutoV2", "Size", "Metadata", "Fleet", "State", "Preview"]
+TABLE_TYPES = ["markdown"] + ["str"] * (len(TABLE_HEADERS) - 2) + ["markdown"]
+COLUMN = {name: i for i, name in enumerate(TABLE_HEADERS)}
+UNKNOWN_TYPE = "unknown"  # a file whose bytes say no type
 ALL_TYPES = "All"
 POLL_SECONDS = 0.5
 IDLE_LABEL = "Scan for New Models"
+# Short cells never wrap; a name wraps only after "_", "-", "." or "/" (<wbr> in its markdown); the state's reason
+# wraps anywhere it must. (A <style> in an HTML component: both gradio versions apply it to the page; a sub-Blocks'
+# css= is ignored.)
+TABLE_CSS = """
+#modelsync_table td, #modelsync_table th { font-family: var(--font) !important; }
+#modelsync_table td { word-break: normal !important; overflow-wrap: normal !important; hyphens: none !important; }
+#modelsync_table td:nth-child(5) { font-family: var(--font-mono) !important; font-size: 0.9em; }
+#modelsync_table td:nth-child(n+2):nth-child(-n+8) { white-space: nowrap !important; }
+#modelsync_table td:nth-child(1) { min-width: 12em; }
+#modelsync_table td:nth-child(1) small { opacity: 0.75; }
+#modelsync_table td:nth-child(9) { overflow-wrap: anywhere !important; min-width: 8em; }
+#modelsync_table td:nth-child(10) img { max-width: 64px; max-height: 64px; }
+#modelsync_css { display: none; }
+"""
+# Runs in the browser on the click, before the request: the button shows its new label at once (a request takes
+# 0.2-0.5 s on a busy node). It edits the label's text node, which gradio's own update then sets again.
+SCAN_CLICK_JS = """(calculate) => {
+  const button = document.getElementById("modelsync_scan");
+  if (button) {
+    const walker = document.createTreeWalker(button, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+      if (node.data.trim()) { node.data = calculate ? %s : %s; break; }
+    }
+    button.disabled = true;
+  }
+  return calculate;
+}"""
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+_NAME_BREAKS = re.compile(r"([_\-./])")
 
 
 def progress_text(state: ScanState) -> str:
-    if state.pushing:
-        return "Pushing the inventory to the central server..."
     progress = state.progress
     if progress is None:
         return "Starting..."
@@ -33,16 +72,48 @@ def progress_text(state: ScanState) -> str:
     )
 
 
+def state_text(record: FileRecord) -> str:
+    """"ok", or the state with its reason: why a file is not offered to jobs (or was not fully read)."""
+    if record.state == "ok":
+        return f"ok; {record.problem}" if record.problem else "ok"
+    return f"{record.state}: {record.problem}" if record.problem else record.state
+
+
+def breakable_markdown(text: str) -> str:
+    """`text` as markdown that shows it as it is and may wrap after "_", "-", "." and "/", never inside a word
+    (copying it gives the text back: <wbr> is no character)."""
+    return _NAME_BREAKS.sub(r"\1<wbr>", _MARKDOWN_SPECIAL.sub(r"\\\1", text))
+
+
+def name_cell(record: FileRecord) -> str:
+    """The model's name, with the file's relative name under it when that says more."""
+    rel_name = record.rel_name
+    if not record.name or record.name in (rel_name, PurePosixPath(rel_name).stem):
+        return breakable_markdown(rel_name)
+    return f"{breakable_markdown(record.name)}<br><small>{breakable_markdown(rel_name)}</small>"
+
+
 class TabActions:
     """What the tab's controls call; plain functions of the node service so tests drive the same code."""
 
     def __init__(self, service: NodeService):
         self.service = service
-        self.counts: dict[str, int] | None = None  # fleet node counts by SHA256, read by refresh_table
-        self.rows: list[dict[str, Any]] = []  # the node's files from its catalog, read by refresh_table
+        self.rows: list[FileRecord] = []  # the node's files from its catalog, read by refresh_table
+
+    @property
+    def counts(self) -> dict[str, int] | None:
+        """Fleet node counts by SHA256, as last read from the central server (None: not known)."""
+        return self.service.fleet
+
+    def calculate_hashes_default(self) -> bool:
+        """"Calculate Hashes" starts as the setting "Hash new files automatically" says: one default for both."""
+        return self.service.settings().hash_new_files
 
     def scanning_label(self, calculate_hashes: bool) -> str:
         return "Scanning + Calculating Hashes..." if calculate_hashes else "Scanning..."
+
+    def scan_click_js(self) -> str:
+        return SCAN_CLICK_JS % (json.dumps(self.scanning_label(True)), json.dumps(self.scanning_label(False)))
 
     def start_scan(self, calculate_hashes: bool) -> tuple[dict[str, Any], str]:
         """The button: start a scan (or follow the one running) and disable the button."""
@@ -51,7 +122,8 @@ class TabActions:
         return gr.update(value=self.scanning_label(running.calculate_hashes), interactive=False), progress_text(running)
 
     def follow_scan(self) -> Iterator[tuple[dict[str, Any], str, str]]:
-        """Yields (button, progress, report) until the running scan and its push end, then the final report."""
+        """Yields (button, progress, report) until the tab's scan has read the files, then the report at once (the
+        push goes on in the background) and the button for the next scan."""
         while self.service.tab_scan_running():
             state = self.service.scan_state
             yield gr.update(value=self.scanning_label(state.calculate_hashes), interactive=False), progress_text(state), ""
@@ -66,6 +138,9 @@ class TabActions:
         if report is None:
             return ""
         parts = ["```\n" + report.message + "\n```"]
+        push = self.push_markdown()
+        if push:
+            parts.append(push)
         if report.problems:
             parts.append("**Errors**\n" + "\n".join(f"- `{p.path}`: {p.reason}" for p in report.problems))
         if report.duplicates:
@@ -77,112 +152,146 @@ class TabActions:
             parts.append("**Previews written**\n" + "\n".join(f"- `{path}`" for path in written))
         return "\n\n".join(parts)
 
-    def _local_rows(self) -> list[dict[str, Any]]:
+    def push_markdown(self) -> str:
+        """How the push of the last scan went: under way, failed (why, and when it is tried again) or taken."""
+        service, status = self.service, self.service.push_status
+        if not service.settings().server.url:
+            return ""
+        if service.tab_push_running() or status.pushing:
+            return "Pushing the inventory to the central server in the background..."
+        if service.push_waiting:
+            return f"**The push failed:** {service.status_line()}"
+        if status.last_push is not None:
+            answer = status.answer
+            return (f"Pushed to the central server: added {answer.get('added', 0)}, updated {answer.get('updated', 0)}, "
+                    f"removed {answer.get('removed', 0)}, unchanged {answer.get('unchanged', 0)}.")
+        return ""
+
+    def _local_rows(self) -> list[FileRecord]:
         if not self.service.catalog_path.is_file():
             return []
         db = open_catalog(self.service.catalog_path)
         try:
             migrate(db)
-            return [
-                dict(row)
-                for row in db.query(
-                    """SELECT a.path, a.rel_name, a.role, a.size, m.name, m.type, m.base, m.hash_autov2,
-                              m.hash_sha256, m.metadata_source, a.content_type, a.content_base
-                       FROM model_server_availability a LEFT JOIN models m ON m.id = a.model_id
-                       WHERE a.server_id = ? ORDER BY a.rel_name""",
-                    [self.service.settings().effective_node_id],
-                )
-            ]
+            records = list_files(db, self.service.settings().effective_node_id, FileFilter())
         finally:
             db.close()
+        return sorted(records, key=lambda r: (r.state == "ok", r.rel_name.lower(), r.path))  # what is wrong first
 
     @staticmethod
-    def _type_of(row: dict[str, Any]) -> str:
-        return row["type"] or row["content_type"] or row["role"] or ""
+    def _type_of(record: FileRecord) -> str:
+        return record.type or UNKNOWN_TYPE
 
-    def models_table(self, type_filter: str = ALL_TYPES, text: str = "") -> list[list[Any]]:
-        """The filter controls: the node's models of that type whose name, file or hash contains `text` (filtered
-        in memory: the catalog is read by refresh_table)."""
+    def models_table(self, type_filter: str = ALL_TYPES, text: str = "") -> dict[str, Any]:
+        """The filter controls: the node's files of that content type whose name, file, hash or state contains
+        `text` (filtered in memory: the catalog is read by refresh_table). A table value with its headers: the
+        Preview column only when some file has a preview."""
         needle = (text or "").strip().lower()
+        counts = self.counts
         rows = []
         for r in self.rows:
-            model_type = self._type_of(r)
-            name = r["name"] or r["rel_name"]
-            if type_filter and type_filter != ALL_TYPES and model_type != type_filter:
+            if type_filter and type_filter != ALL_TYPES and self._type_of(r) != type_filter:
                 continue
-            if needle and needle not in f"{name} {r['rel_name']} {r['hash_sha256'] or ''}".lower():
+            if needle and needle not in f"{r.name or ''} {r.rel_name} {r.sha256 or ''} {state_text(r)}".lower():
                 continue
-            fleet = str(self.counts.get(r["hash_sha256"], 0)) if self.counts is not None and r["hash_sha256"] else ""
-            rows.append([thumbnail_markdown(r["path"]), name, model_type, r["base"] or r["content_base"] or "",
-                         r["hash_autov2"] or "", human_size(r["size"]), r["metadata_source"] or "", fleet, r["path"]])
-        return rows
+            fleet = str(counts.get(r.sha256, 0)) if counts is not None and r.sha256 else ""
+            rows.append([name_cell(r), self._type_of(r), r.role or "", r.base or "", r.autov2 or "", human_size(r.size),
+                         r.metadata_source or "", fleet, state_text(r), thumbnail_markdown(r.path)])
+        headers = TABLE_HEADERS if any(row[-1] for row in rows) else TABLE_HEADERS[:-1]
+        return {"headers": headers, "data": [row[: len(headers)] for row in rows] or [[]]}  # [[]]: gradio's empty table
 
-    def refresh_table(self, type_filter: str = ALL_TYPES, text: str = "") -> tuple[list[list[Any]], dict[str, Any], str]:
-        """Tab load, the Refresh button and the end of a scan: fleet counts read again from the central server,
-        then (table, type choices, status line)."""
-        self.counts = self.service.fleet_counts()
+    def refresh_table(self, type_filter: str = ALL_TYPES, text: str = "") -> tuple[dict[str, Any], dict[str, Any], str]:
+        """Tab load, the Refresh button and the end of a scan: (table, type choices, status line) from the node's
+        own catalog at once, with the fleet counts last read; a new read of them starts in the background
+        (`follow_background` shows it)."""
+        self.service.read_fleet_counts()
         self.rows = self._local_rows()
-        types = [ALL_TYPES] + sorted({t for t in map(self._type_of, self.rows) if t})
+        types = [ALL_TYPES] + sorted({self._type_of(r) for r in self.rows})
         return self.models_table(type_filter, text), gr.update(choices=types), self.service.status_line()
 
+    def follow_background(self, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, str, Any]]:
+        """After refresh_table: yields (table, status line, report) while the tab's push or a read of the fleet
+        counts is under way (the status line only), then the table with the counts, the status line and the
+        report with the push's outcome. The counts are read again when a push ended since their last read."""
+        while True:
+            if self.service.tab_push_running() or self.service.reading_fleet_counts():
+                yield gr.update(), self.service.status_line(), gr.update()
+                time.sleep(POLL_SECONDS)
+            elif self.service.settings().server.url and self.service.fleet_counts_stale():
+                self.service.read_fleet_counts()
+            else:
+                break
+        yield self.models_table(type_filter, text), self.service.status_line(), self.report_markdown()
+
+    def path_of(self, row: list[Any]) -> str:
+        """The path of the file a table row shows (found by its Name and Folder cells); "" when none."""
+        if len(row) <= COLUMN["Folder"]:  # the empty table's row
+            return ""
+        name, role = str(row[COLUMN["Name"]]), str(row[COLUMN["Folder"]])
+        return next((r.path for r in self.rows if name_cell(r) == name and (r.role or "") == role), "")
+
     def select_row(self, evt: gr.SelectData, rows: Any) -> str:
-        """A click in the table: the path (last column) of that row."""
+        """A click in the table: the path of that row's file."""
         data = rows.values.tolist() if hasattr(rows, "values") else rows
-        return str(data[evt.index[0]][-1]) if data else ""
+        if not data or evt.index[0] >= len(data):
+            return ""
+        return self.path_of(data[evt.index[0]])
 
     def details(self, path: str) -> dict[str, Any]:
-        """Everything the catalog knows about the file at `path`: the file, all paths of its model, all hashes
-        and metadata (with the source of each field)."""
+        """Everything the catalog knows about the file at `path`: its record (state and reason, every hash, the
+        content type, the folder's role), each metadata field with its source, the other copies on this node."""
         if not path or not self.service.catalog_path.is_file():
             return {}
         db = open_catalog(self.service.catalog_path)
         try:
-            copy = next(db.query("SELECT * FROM model_server_availability WHERE path = ?", [path]), None)
-            if copy is None:
-                return {"error": f"{path} is not in the catalog"}
-            model = next(db.query("SELECT * FROM models WHERE id = ?", [copy["model_id"]]), None) if copy["model_id"] else None
-            paths = [r["path"] for r in db.query("SELECT path FROM model_server_availability WHERE model_id = ?", [copy["model_id"]])] if model else [path]
+            found = find(db, self.service.settings().effective_node_id, path)
         finally:
             db.close()
-        fleet = self.counts.get(model["hash_sha256"]) if model and self.counts is not None else None
-        return {"file": {k: _json_value(v) for k, v in copy.items()}, "paths": paths, "fleet_nodes": fleet,
-                "model": {k: _json_value(v) for k, v in (model or {}).items()}}
+        if not found:
+            return {"error": f"{path} is not in the catalog"}
+        detail = found[0].to_dict()
+        counts = self.counts
+        detail["fleet_nodes"] = counts.get(detail["sha256"]) if counts is not None and detail["sha256"] else None
+        return detail
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, str) and value[:1] in "[{":
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+def browser_first(button: gr.Button, js: str) -> dict[str, str]:
+    """The keyword of `click` that runs `js` in the browser first: `js` in gradio 4, `_js` in gradio 3."""
+    return {"js": js} if "js" in inspect.signature(button.click).parameters else {"_js": js}
 
 
 def build_tab(service: NodeService) -> gr.Blocks:
     actions = TabActions(service)
     with gr.Blocks(analytics_enabled=False) as tab:
+        gr.HTML(f"<style>{TABLE_CSS}</style>", elem_id="modelsync_css")
         status = gr.Markdown(service.status_line())
         with gr.Row():
-            scan_button = gr.Button(IDLE_LABEL, variant="primary")
-            calculate_hashes = gr.Checkbox(label="Calculate Hashes", value=False)
+            scan_button = gr.Button(IDLE_LABEL, variant="primary", elem_id="modelsync_scan")
+            calculate_hashes = gr.Checkbox(label="Calculate Hashes", value=actions.calculate_hashes_default())
         progress = gr.Markdown("")
         report = gr.Markdown(actions.report_markdown())
         with gr.Row():
             type_filter = gr.Dropdown(choices=[ALL_TYPES], value=ALL_TYPES, label="Type")
-            text_filter = gr.Textbox(label="Filter", placeholder="name, file or hash")
+            text_filter = gr.Textbox(label="Filter", placeholder="name, file, hash or state")
             refresh = gr.Button("Refresh")
-        table = gr.Dataframe(headers=TABLE_HEADERS, datatype=TABLE_TYPES, value=[], interactive=False, wrap=True)
-        selected_path = gr.Textbox(label="Path of the model to show (click a row)")
+        table = gr.Dataframe(headers=TABLE_HEADERS[:-1], datatype=TABLE_TYPES, value=None, interactive=False, wrap=True,
+                             elem_id="modelsync_table")
+        selected_path = gr.Textbox(label="Path of the file to show (click a row)")
         details = gr.JSON(label="Details")
 
+        filters = [type_filter, text_filter]
         table_outputs = [table, type_filter, status]
-        scan_button.click(actions.start_scan, [calculate_hashes], [scan_button, progress]).then(
+        background_outputs = [table, status, report]
+        # the label changes in the browser at once; queue=False: the server's answer comes in one round trip
+        scan_button.click(actions.start_scan, [calculate_hashes], [scan_button, progress], queue=False,
+                          **browser_first(scan_button, actions.scan_click_js())).then(
             actions.follow_scan, None, [scan_button, progress, report]
-        ).then(actions.refresh_table, [type_filter, text_filter], table_outputs)
-        refresh.click(actions.refresh_table, [type_filter, text_filter], table_outputs)
-        type_filter.change(actions.models_table, [type_filter, text_filter], [table])
-        text_filter.change(actions.models_table, [type_filter, text_filter], [table])
+        ).then(actions.refresh_table, filters, table_outputs).then(actions.follow_background, filters, background_outputs)
+        refresh.click(actions.refresh_table, filters, table_outputs).then(actions.follow_background, filters, background_outputs)
+        type_filter.change(actions.models_table, filters, [table])
+        text_filter.change(actions.models_table, filters, [table])
         table.select(actions.select_row, [table], [selected_path])
         selected_path.change(actions.details, [selected_path], [details])
-        tab.load(actions.refresh_table, [type_filter, text_filter], table_outputs)
+        tab.load(actions.calculate_hashes_default, None, [calculate_hashes])
+        tab.load(actions.refresh_table, filters, table_outputs).then(actions.follow_background, filters, background_outputs)
     return tab

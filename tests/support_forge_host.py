@@ -17,9 +17,23 @@ HOST_MODULES = ("modules", "modules.script_callbacks", "modules.shared", "module
 
 
 class OptionInfo:
+    """Forge's and A1111 1.7+'s signature (modules/options.py): `category_id` puts the section under a heading of
+    the Settings tab; without one the section is listed under "Uncategorized"."""
+
     def __init__(self, default: Any = None, label: str = "", component: Any = None, component_args: Any = None,
-                 onchange: Callable | None = None, section: tuple[str, str] | None = None, refresh: Callable | None = None, **kwargs: Any):
-        self.default, self.label, self.section = default, label, section
+                 onchange: Callable | None = None, section: tuple[str, str] | None = None, refresh: Callable | None = None,
+                 comment_before: str = "", comment_after: str = "", infotext: str | None = None, restrict_api: bool = False,
+                 category_id: str | None = None):
+        self.default, self.label, self.section, self.category_id = default, label, section, category_id
+
+
+class OptionInfoBefore17:
+    """A1111 1.6's OptionInfo: no categories."""
+
+    def __init__(self, default: Any = None, label: str = "", component: Any = None, component_args: Any = None,
+                 onchange: Callable | None = None, section: tuple[str, str] | None = None, refresh: Callable | None = None,
+                 comment_before: str = "", comment_after: str = ""):
+        self.default, self.label, self.section, self.category_id = default, label, section, None
 
 
 class Options:
