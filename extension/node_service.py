@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from ..shared.catalog import migrate, open_catalog
 from ..shared.inventory import Inventory
-from ..shared.push_client import NodeCredentials, PushError, ServerClient
+from ..shared.push_client import NodeCredentials, PushError, ServerClient, send_previews
 from ..shared.records import Root
 from ..shared.scanner import DEFAULT_MAX_HASH_SIZE, ScanProgress, ScanReport, scan
 from .settings import MB, NodeSettings
@@ -37,20 +35,6 @@ class Timeouts:
     connect: float = 3.0
     push: float = 120.0
     counts: float = 10.0
-
-
-class _QuickConnectSession(requests.Session):
-    """ServerClient passes requests one number (its read timeout); connecting gets at most `connect` of it."""
-
-    def __init__(self, connect: float):
-        super().__init__()
-        self.connect_timeout = connect
-
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
-        timeout = kwargs.get("timeout")
-        if isinstance(timeout, (int, float)):
-            kwargs["timeout"] = (min(self.connect_timeout, timeout), timeout)
-        return super().request(method, url, *args, **kwargs)
 
 
 @dataclass
@@ -73,6 +57,7 @@ class PushStatus:
     last_push: float | None = None  # wall-clock time of the last push the server took
     answer: dict[str, Any] = field(default_factory=dict)  # the server's answer to it
     previews_written: list[str] = field(default_factory=list)
+    previews_sent: list[str] = field(default_factory=list)  # local previews the central server took
     last_heartbeat: float | None = None
     error: str | None = None  # the last failure, in words (push, heartbeat or fleet counts); a success clears it
     attempts: int = 0  # pushes tried
@@ -209,8 +194,8 @@ class NodeService:
         known = self._clients.get(purpose)
         if known is None or known[0] != key:
             credentials = NodeCredentials.load(self.data_path, key[1], key[2] or None)
-            client = ServerClient(key[0], credentials, timeout=self.timeouts.push,
-                                  session=_QuickConnectSession(self.timeouts.connect))
+            client = ServerClient(key[0], credentials, timeout=self.timeouts.push, connect_timeout=self.timeouts.connect,
+                                  retries=0)  # the service's own back-off retries
             known = self._clients[purpose] = (key, client)
         return known[1]
 
@@ -255,7 +240,7 @@ class NodeService:
 
     def push(self, inventory: Inventory) -> bool:
         """One push (no retry); True when the server took it. Then writes the previews the server offers for
-        models that have none here."""
+        models that have none here, and sends the local previews the server asks for."""
         settings = self._settings()
         if not settings.server.url:
             return False
@@ -267,6 +252,7 @@ class NodeService:
             answer = client.push_inventory(inventory)
             status.contact, status.last_push, status.answer, status.error = ANSWERED, time.time(), answer, None
             status.previews_written = client.save_previews(inventory, answer)
+            status.previews_sent = send_previews(client, inventory, answer)
             self.pushes_taken += 1
             return True
         except PushError as exc:

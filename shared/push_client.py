@@ -48,14 +48,16 @@ def check_server_url(url: str) -> str:
     return url.strip().rstrip("/") + "/"
 
 
-def describe_failure(exc: requests.RequestException, base_url: str, timeout: float) -> str:
+def describe_failure(exc: requests.RequestException, base_url: str, connect_timeout: float, read_timeout: float) -> str:
     """What a failed request means, in words."""
     host = urlsplit(base_url).hostname or base_url
     text = str(exc)
-    if isinstance(exc, requests.ConnectTimeout):
-        return f"no answer from {base_url} within {timeout:g} s: check the host and the port, and any firewall between"
-    if isinstance(exc, requests.ReadTimeout):
-        return f"{base_url} took the connection but did not answer within {timeout:g} s: the server is stuck or overloaded"
+    # with urllib3 retries configured, a timeout reaches us as a ConnectionError wrapping urllib3's error
+    if isinstance(exc, requests.ConnectTimeout) or "ConnectTimeoutError" in text:
+        return (f"no answer from {base_url} within {connect_timeout:g} s of connecting: check the host and the port, "
+                "and any firewall between")
+    if isinstance(exc, requests.ReadTimeout) or "Read timed out" in text:
+        return f"{base_url} took the connection but did not answer within {read_timeout:g} s: the server is stuck or overloaded"
     if isinstance(exc, requests.ConnectionError):
         if any(s in text for s in ("Name or service not known", "nodename nor servname", "Failed to resolve",
                                    "Temporary failure in name resolution", "No address associated")):
@@ -128,13 +130,15 @@ class ServerClient:
         credentials: NodeCredentials,
         *,
         timeout: float = 120.0,
+        connect_timeout: float = 10.0,
         retries: int = 4,
         backoff: float = 0.5,
         session: requests.Session | None = None,
     ):
         self.base_url = check_server_url(base_url)
         self.credentials = credentials
-        self.timeout = timeout
+        self.timeout = timeout  # for the answer (a large sync is read, merged and committed first)
+        self.connect_timeout = connect_timeout
         self.session = session or _session(retries, backoff)
 
     def _url(self, path: str) -> str:
@@ -150,10 +154,11 @@ class ServerClient:
         """The server's JSON answer; PushError (with the status and the field the server named) otherwise."""
         headers = {**self._headers(), **kwargs.pop("headers", {})}
         timeout = kwargs.pop("timeout", self.timeout)
+        connect = min(self.connect_timeout, timeout)
         try:
-            response = self.session.request(method, self._url(path), headers=headers, timeout=timeout, **kwargs)
+            response = self.session.request(method, self._url(path), headers=headers, timeout=(connect, timeout), **kwargs)
         except requests.RequestException as exc:
-            raise PushError(describe_failure(exc, self.base_url, timeout)) from None
+            raise PushError(describe_failure(exc, self.base_url, connect, timeout)) from None
         try:
             answer = response.json()
         except ValueError:
@@ -224,9 +229,10 @@ class ServerClient:
     def fetch_preview(self, preview_url: str, max_bytes: int = 20 * 1024 * 1024) -> bytes | None:
         """A preview's JPEG bytes (`preview_url` as the sync answer gives it); None when the server has none."""
         try:
-            response = self.session.get(self._url(preview_url), headers=self._headers(), timeout=self.timeout, stream=True)
+            response = self.session.get(self._url(preview_url), headers=self._headers(),
+                                        timeout=(self.connect_timeout, self.timeout), stream=True)
         except requests.RequestException as exc:
-            raise PushError(describe_failure(exc, self.base_url, self.timeout)) from None
+            raise PushError(describe_failure(exc, self.base_url, self.connect_timeout, self.timeout)) from None
         with response:
             if response.status_code == 404:
                 return None

@@ -378,3 +378,19 @@ def test_layout_names_wrap_between_words_short_cells_never_and_the_button_change
     assert click["queue"] is False  # the server's answer comes in one request, not after a turn in the queue
     assert '"Scanning + Calculating Hashes..."' in click["js"] and 'getElementById("modelsync_scan")' in click["js"]
     assert by_id[button_id]["elem_id"] == "modelsync_scan"  # the label changes in the browser before any request
+
+
+def test_the_start_up_push_sends_the_local_previews_the_server_asks_for(host, central_server):  # noqa: F811
+    webui = Path(host.modules["modules.paths"].data_path)
+    files = write_models(webui)
+    Image.new("RGB", (300, 200), (10, 120, 200)).save(webui / "models" / "Lora" / "hero.preview.jpeg", "JPEG")
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.opts.modelsync_server_url = central_server.base_url
+    host.opts.modelsync_node_id = "gpu-10"
+    host.start_app(None, None)
+    service = forge_callbacks.service()
+    service.stop(timeout=60)
+    assert service.push_status.previews_sent == [str(webui / "models" / "Lora" / "hero.preview.jpeg")]
+    model = central_server.get("/api/v1/models", params={"text": sha256_of(files[0])}).json()["models"][0]
+    preview = central_server.get(model["preview_url"])
+    assert preview.status_code == 200 and Image.open(io.BytesIO(preview.content)).size == (300, 200)
