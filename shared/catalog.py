@@ -238,6 +238,58 @@ def _v8_node_previews(db: sqlite_utils.Database) -> None:
     db["model_previews"].add_column("source_server", str)
 
 
+def _v9_transfers(db: sqlite_utils.Database) -> None:
+    """Transfer orders: a model copied to the node that needs it (`server_id`, the destination), from a source of
+    `source_kind` ('peer': another node, `source_server_id` the one in use, `requested_source_id` when the order
+    names one; 'civitai' and 'url' later, `source_ref` then holds the version or the URL). `reason` is the last
+    failure's stable word and `reason_at` when it was set. At most one transfer per (node, SHA256) is active or
+    failed: a failed one stands until it is retried (the partial unique index). Deleting a node deletes the
+    transfers to it and its exclusions; a source deleted leaves its transfers without one.
+    `transfer_source_exclusions`: a source that sent wrong bytes is not used for that SHA256 until its file has
+    another mtime_ns (hashed again). `servers.files_url`: the base URL peers fetch that node's files from."""
+    states = "'queued', 'running', 'waiting_source', 'verifying', 'done', 'failed', 'cancelled'"
+    db.conn.execute(f"""
+        CREATE TABLE transfers (
+            id INTEGER PRIMARY KEY,
+            server_id TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL,
+            model_id INTEGER REFERENCES models(id),
+            state TEXT NOT NULL CHECK (state IN ({states})),
+            source_kind TEXT NOT NULL CHECK (source_kind IN ('peer', 'civitai', 'url')),
+            source_server_id TEXT REFERENCES servers(id) ON DELETE SET NULL,
+            requested_source_id TEXT REFERENCES servers(id) ON DELETE SET NULL,
+            source_ref TEXT,
+            bytes_done INTEGER NOT NULL DEFAULT 0,
+            size INTEGER,
+            speed_bps REAL,
+            eta_seconds REAL,
+            dest_path TEXT,
+            rel_name TEXT,
+            role TEXT,
+            reason TEXT,
+            error TEXT,
+            reason_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            requested_by TEXT NOT NULL CHECK (requested_by IN ('admin', 'node', 'queue')),
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            finished_at TEXT
+        )""")
+    db.conn.execute("CREATE INDEX idx_transfers_server_id_state ON transfers (server_id, state)")
+    db.conn.execute("CREATE INDEX idx_transfers_state ON transfers (state)")
+    db.conn.execute("""CREATE UNIQUE INDEX idx_transfers_one_standing ON transfers (server_id, sha256)
+                       WHERE state IN ('queued', 'running', 'waiting_source', 'verifying', 'failed')""")
+    db.conn.execute("""
+        CREATE TABLE transfer_source_exclusions (
+            source_server_id TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+            sha256 TEXT NOT NULL,
+            mtime_ns INTEGER,
+            since TEXT NOT NULL,
+            PRIMARY KEY (source_server_id, sha256)
+        )""")
+    db["servers"].add_column("files_url", str)
+
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial,
@@ -248,6 +300,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v6_embedding_set_version,
     _v7_unusable_files,
     _v8_node_previews,
+    _v9_transfers,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
