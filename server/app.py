@@ -13,7 +13,6 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-from starlette.schemas import SchemaGenerator
 
 from . import dashboard, routes_jobs, routes_models, routes_overrides, routes_servers
 from .auth import load_admin_token, trusted_networks
@@ -21,15 +20,13 @@ from .civitai_worker import CivitaiWorker
 from .config import ServerConfig
 from .context import ServerContext, context
 from .errors import EXCEPTION_HANDLERS
+from .openapi import build_document
 from .own_node import OwnNode
 from .previews import PreviewStore
 from .queries import Liveness
 from .registry import Registry
 
 log = logging.getLogger(__name__)
-
-API_VERSION = "1"
-_schemas = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "modelsync central server", "version": API_VERSION}})
 
 
 def health(request: Request) -> JSONResponse:
@@ -40,7 +37,7 @@ def health(request: Request) -> JSONResponse:
       status is "degraded" while the registry's disk is full (a write failed for space: disk_full is true and
       reason says why); it is "ok" again as soon as a write that needs space succeeds.
     responses:
-      200: {description: "{status: ok | degraded, disk_full, reason?, disk_full_since?, schema_version, models, servers, civitai_worker, uptime_seconds}"}
+      200: {description: the server's state}
     """
     ctx = context(request)
     conn = ctx.registry.db().conn
@@ -65,13 +62,13 @@ def health(request: Request) -> JSONResponse:
 def openapi(request: Request) -> JSONResponse:
     """This API's OpenAPI description.
     ---
-    summary: OpenAPI description of this API
+    summary: The OpenAPI 3.1 document of this API (info.version is the modelsync release)
     responses:
-      200: {description: OpenAPI 3 document}
+      200: {description: the document}
     """
     state = request.app.state
     if getattr(state, "openapi_schema", None) is None:
-        state.openapi_schema = _schemas.get_schema(routes=request.app.routes)
+        state.openapi_schema = build_document(request.app.routes)
     return JSONResponse(state.openapi_schema)
 
 
@@ -108,7 +105,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     app = Starlette(
         routes=[
             Route("/api/v1/health", health, methods=["GET"]),
-            Route("/api/v1/openapi.json", openapi, methods=["GET"], include_in_schema=False),
+            Route("/api/v1/openapi.json", openapi, methods=["GET"]),
             *routes_servers.ROUTES,
             *routes_models.ROUTES,
             *routes_jobs.ROUTES,

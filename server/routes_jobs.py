@@ -108,7 +108,7 @@ async def jobs_availability(request: Request) -> JSONResponse:
       References that no node has are counted for GET /api/v1/models/wanted, unless "record" is false (a look
       only, as the dashboard's job check). Examples in docs/job-queue.md.
     responses:
-      200: {description: "{format, model_availability: {available, reason, requirements, servers, candidates, warnings}}"}
+      200: {description: whether and where the job can run}
       400: {description: "the job cannot be read; `field` names the part (e.g. job.override_settings.sd_model_checkpoint)"}
       401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
       403: {description: "the Bearer token is neither the queue token nor the admin token"}
@@ -135,7 +135,7 @@ async def dispatch_check(request: Request) -> JSONResponse:
       (`nodes` can run it) or fail (a reference is unknown, ambiguous or contradictory, or no node has the model).
       An approved dispatch records last_used for its models (unless "record" is false).
     responses:
-      200: {description: "{server_id, online, ok, action, reason, missing, requirements, payload, override_settings, nodes, warnings}"}
+      200: {description: "ok with the rewritten payload, or what the queue should do"}
       400: {description: "the job cannot be read; `field` names the part"}
       401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
       403: {description: "the Bearer token is neither the queue token nor the admin token"}
@@ -174,7 +174,7 @@ async def checkpoint_verify(request: Request) -> JSONResponse:
       optionally "type" (default checkpoint). As in the seed, a civitai_version_id that is not a number is taken as
       a hash.
     responses:
-      200: {description: "{success, provided_value, interpreted_as, available, reason, status, hash, match_type, model_info, servers, candidates}"}
+      200: {description: whether an online node holds the model}
       400: {description: "neither a version id nor a hash, or a malformed one; `field` names it"}
       401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
       403: {description: "the Bearer token is neither the queue token nor the admin token"}
@@ -212,7 +212,8 @@ def wanted(request: Request) -> JSONResponse:
       - {name: limit, in: query, description: "1-500 (default 50)"}
       - {name: offset, in: query}
     responses:
-      200: {description: "{wanted: [{kind, reference_key, reference, model_id, requests, first_wanted, last_wanted, available_now, nodes_now, model}], limit, offset, next_offset}"}
+      200: {description: a page of the most-wanted list}
+      400: {description: "a bad kind, missing_only, limit or offset, named in `field`"}
       401: {description: "a queue token is configured (MODELSYNC_QUEUE_TOKEN) and none was sent"}
       403: {description: "the Bearer token is neither the queue token nor the admin token"}
     """

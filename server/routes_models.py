@@ -39,7 +39,7 @@ def list_models(request: Request) -> JSONResponse:
       - {name: offset, in: query}
       - {name: page, in: query, description: "1-based page number (instead of offset)"}
     responses:
-      200: {description: "{models: [...], total, limit, offset, page, pages}"}
+      200: {description: a page of models}
       400: {description: "a bad filter value, named in `field`"}
     """
     ctx = context(request)
@@ -63,7 +63,7 @@ async def get_availability(request: Request) -> JSONResponse:
     ---
     summary: The nodes that hold a model, with online state, local name, files and last_seen
     responses:
-      200: {description: "{model_id, sha256, available, online, servers: [{server_id, display_name, api_url, online, local_name, last_seen, files}]}"}
+      200: {description: the nodes holding the model}
       404: {description: no such model}
     """
     ctx = context(request)
@@ -165,19 +165,8 @@ async def mark_availability(request: Request) -> JSONResponse:
     """A node marks that it holds one model.
     ---
     summary: Mark a model as held by a node (node token or admin token)
-    requestBody:
-      content:
-        application/json:
-          schema:
-            type: object
-            required: [server_id]
-            properties:
-              server_id: {type: string}
-              path: {type: string, description: "the file's path on the node (default: rel_name)"}
-              rel_name: {type: string, description: "name relative to its model folder (default: the model's file name)"}
-              role: {type: string}
     responses:
-      200: {description: "{model_id, server_id, path, rel_name, created}"}
+      200: {description: the copy is recorded}
       401: {description: the node is registered and no token was sent}
       403: {description: another node's token}
       404: {description: no such model}
@@ -196,7 +185,9 @@ async def unmark_availability(request: Request) -> JSONResponse:
       - {name: server_id, in: query}
       - {name: path, in: query}
     responses:
-      200: {description: "{model_id, server_id, removed}"}
+      200: {description: the copies removed}
+      401: {description: the node is registered and no token was sent}
+      403: {description: neither this node's token nor the admin token}
       404: {description: the node lists no such copy}
     """
     ctx = context(request)
@@ -229,10 +220,10 @@ async def scan_models(request: Request) -> JSONResponse:
       Body (optional): {"calculate_hashes": true|false}. Files new or changed since the last scan are hashed only
       when asked. Needs the admin token unless the client is on loopback.
     responses:
-      200: {description: "{success, message, total, added, updated, removed, hashesCalculated, hashesSkipped, hashesCached, duplicates, errors, problems, duplicate_models}"}
+      200: {description: the scan statistics}
       401: {description: a client not on loopback sent no admin token}
       403: {description: not the admin token}
-      409: {description: MODEL_PATH is not set, or a scan is already running}
+      409: {description: "MODEL_PATH is not set, or a scan is already running"}
     """
     ctx = context(request)
     require_admin_unless_loopback(request, ctx.config, ctx.admin_token)
@@ -252,11 +243,11 @@ async def calculate_model_hash(request: Request) -> JSONResponse:
     summary: Hash again the files of this model that the server itself holds under MODEL_PATH
     description: Needs the admin token unless the client is on loopback.
     responses:
-      200: {description: "{model_id, files: [{file_id, path, sha256, autov1, autov2, autov3, changed, error}]}"}
+      200: {description: "each file's hashes, or why it could not be hashed"}
       401: {description: a client not on loopback sent no admin token}
       403: {description: not the admin token}
       404: {description: no such model}
-      409: {description: the server holds no copy of this model, or MODEL_PATH is not set}
+      409: {description: "the server holds no copy of this model, or MODEL_PATH is not set"}
     """
     ctx = context(request)
     require_admin_unless_loopback(request, ctx.config, ctx.admin_token)
@@ -279,7 +270,7 @@ async def calculate_file_hash(request: Request) -> JSONResponse:
     summary: Hash one of the server's own files (ids from GET /api/v1/servers/{server_id}/files)
     description: Needs the admin token unless the client is on loopback.
     responses:
-      200: {description: "{file_id, files: [{file_id, path, sha256, ...}]}"}
+      200: {description: "the file's hashes, or why it could not be hashed"}
       401: {description: a client not on loopback sent no admin token}
       403: {description: not the admin token}
       404: {description: no such file}
@@ -306,7 +297,7 @@ async def refresh_metadata(request: Request) -> JSONResponse:
     ---
     summary: Ask Civitai again for this model (and fetch its preview again if that had failed)
     responses:
-      200: {description: "{model_id, queued, worker_running}"}
+      200: {description: the lookup is queued}
       404: {description: no such model}
     """
     ctx = context(request)
@@ -329,7 +320,7 @@ async def reset_database(request: Request) -> JSONResponse:
     ---
     summary: Back up the database, then empty the registry (models, files, aliases, lookups, previews); nodes and tokens stay
     responses:
-      200: {description: "{reset: true, backup}"}
+      200: {description: "the registry is empty; the backup's path"}
       401: {description: no admin token}
       403: {description: not the admin token}
     """

@@ -26,18 +26,8 @@ async def override_model(request: Request) -> JSONResponse:
     description: >
       An override wins over every source and is never overwritten by a later sync, scan or Civitai lookup; its field
       source is `manual`. Clearing one empties the field until the next sync of a node holding the model fills it.
-    requestBody:
-      content:
-        application/json:
-          schema:
-            type: object
-            properties:
-              name: {type: string, nullable: true}
-              type: {type: string, nullable: true, description: "checkpoint, unet, lora, locon, ..., vae, embedding, ..."}
-              base: {type: string, nullable: true, description: "sd1, sd2, sdxl, flux1, ..."}
-              trained_words: {type: array, items: {type: string}, nullable: true}
     responses:
-      200: {description: "{model_id, overrides, model} (model as GET /api/v1/models/{id}/info)"}
+      200: {description: "the overrides, and the model as GET /api/v1/models/{id}/info"}
       400: {description: "an unknown field or a bad value, named in `field`"}
       401: {description: no admin token}
       403: {description: not the admin token}
@@ -65,7 +55,7 @@ async def reject_civitai_match(request: Request) -> JSONResponse:
       and base fall back to what the files' content says; the stored preview is dropped. The rejected version id is
       recorded: neither the Civitai worker nor a node's Civitai sidecar fills this model from it again.
     responses:
-      200: {description: "{model_id, rejected_version_id, cleared: [field, ...], model}"}
+      200: {description: the fields cleared and the model after}
       401: {description: no admin token}
       403: {description: not the admin token}
       404: {description: no such model}
@@ -90,7 +80,7 @@ def admin_check(request: Request) -> JSONResponse:
     ---
     summary: 200 when the request carries the admin token (the dashboard asks once when the operator enters it)
     responses:
-      200: {description: "{admin: true}"}
+      200: {description: it is the admin token}
       401: {description: no admin token}
       403: {description: not the admin token}
     """

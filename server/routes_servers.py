@@ -75,11 +75,11 @@ async def sync_models(request: Request) -> JSONResponse:
       first contact, the client's address) is checked before the body is read: a refused request is answered
       without reading it.
     responses:
-      200: {description: "{server_id, added, updated, removed, unchanged, new_models, last_sync, enriched: {sha256: {model_id, metadata, field_sources, preview_url}}, registered, token?}"}
+      200: {description: "the sync applied (or an unchanged re-send answered), with what the registry adds"}
       400: {description: "invalid inventory, JSON or gzip; `field` names the part"}
       401: {description: the node is registered and no token was sent}
-      403: {description: another node's token, or registration is not open to this client}
-      413: {description: body, decompressed body or file count over the limit}
+      403: {description: "another node's token, or registration is not open to this client"}
+      413: {description: "body, decompressed body or file count over the limit"}
       415: {description: unsupported Content-Encoding}
       507: {description: "the registry's disk is full; nothing was changed"}
     """
@@ -98,9 +98,9 @@ async def heartbeat(request: Request) -> JSONResponse:
     summary: Heartbeat; registers the node on first contact like a sync
     description: 'Body (optional): {"display_name": ..., "api_url": ...}'
     responses:
-      200: {description: "{server_id, last_heartbeat, registered, token?}"}
+      200: {description: the heartbeat recorded}
       401: {description: the node is registered and no token was sent}
-      403: {description: another node's token, or registration is not open to this client}
+      403: {description: "another node's token, or registration is not open to this client"}
     """
     ctx = context(request)
     admitted = await _admit(ctx, request)
@@ -120,7 +120,7 @@ def list_servers(request: Request) -> JSONResponse:
     ---
     summary: Every node with online/offline, last sync, last heartbeat, file and model counts
     responses:
-      200: {description: "{servers: [{id, display_name, api_url, online, last_sync, last_heartbeat, last_seen, file_count, model_count, unhashed_count, roots, last_sync_summary}], offline_after_seconds}"}
+      200: {description: every node}
     """
     ctx = context(request)
     servers = queries.list_servers(ctx.registry.db(), ctx.liveness)
@@ -133,10 +133,11 @@ def server_files(request: Request) -> JSONResponse:
     summary: One node's files (paginated); `unhashed=true` lists only files not hashed yet
     parameters:
       - {name: unhashed, in: query}
+      - {name: state, in: query}
       - {name: limit, in: query}
       - {name: offset, in: query}
     responses:
-      200: {description: "{server_id, files: [{id, model_id, path, rel_name, role, size, mtime_ns, last_seen, ...}], total}"}
+      200: {description: a page of the node's files}
     """
     ctx = context(request)
     return JSONResponse(queries.server_files(ctx.registry.db(), _server_id(request), dict(request.query_params)))
@@ -147,7 +148,9 @@ async def delete_server(request: Request) -> JSONResponse:
     ---
     summary: Delete a node with its files and aliases (models stay); admin token
     responses:
-      200: {description: "{deleted, files_removed}"}
+      200: {description: the node is forgotten}
+      401: {description: no admin token}
+      403: {description: not the admin token}
       404: {description: no such node}
     """
     ctx = context(request)
@@ -174,7 +177,7 @@ async def reset_token(request: Request) -> JSONResponse:
     ---
     summary: Issue (or reset) a node's token; the old one stops working. Creates the node if unknown. Admin token.
     responses:
-      200: {description: "{server_id, token}"}
+      200: {description: the new token (shown once)}
       401: {description: no admin token}
       403: {description: not the admin token}
     """
@@ -195,8 +198,8 @@ async def upload_preview(request: Request) -> JSONResponse:
       and 40 megapixels) is shrunk and re-encoded as JPEG. The first node's preview stays until that node no longer
       has it. The node's token is checked before the body is read.
     responses:
-      200: {description: "{sha256, stored, width?, height?, reason?}"}
-      400: {description: not a readable image, or over the pixel limit}
+      200: {description: "stored, or why not (another node's preview came first)"}
+      400: {description: "not a readable image, or over the pixel limit"}
       401: {description: no token}
       403: {description: not this node's token}
       409: {description: the node lists no copy of this model with a preview}

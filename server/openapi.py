@@ -1,0 +1,463 @@
+"""The OpenAPI 3.1 document of the JSON API (served at /api/v1/openapi.json).
+
+Each route's docstring says what the operation does, its query parameters and, per status it answers, one line
+why; this module holds the bodies: the component schemas (plain JSON Schema dicts), the table of operation ->
+request body and answer, and `build_document`, which joins them over the app's routes. Every error status gets
+the one `Error` schema. A route under /api/ without an entry here, or with a path or query parameter this module
+has no schema for, stops the build: nothing reaches the document undescribed.
+
+Property lists are closed for the test suite (tests/support_server.py checks every answer it receives with
+`additionalProperties: false` added), but not in the document: a client must accept fields a newer server adds.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.routing import BaseRoute, Route
+from starlette.schemas import BaseSchemaGenerator
+
+import modelsync
+from modelsync.shared.inventory import FIELD_LIMITS
+from modelsync.shared.records import FILE_STATES, ROLES
+
+API_VERSION = "1"
+OPENAPI_VERSION = "3.1.0"
+JSON = "application/json"
+_CONVERTOR = re.compile(r":\w+}")  # /models/{id:rowid} -> /models/{id}
+
+
+# --- building blocks ---------------------------------------------------------------------------------------------
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema, or null (a `$ref` becomes anyOf [ref, null])."""
+    if "type" in schema:
+        return {**schema, "type": [schema["type"], "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+def obj(properties: dict[str, Any], optional: tuple[str, ...] = (), description: str = "") -> dict[str, Any]:
+    """An object whose properties are all required except `optional` ones."""
+    schema: dict[str, Any] = {"type": "object", "required": [p for p in properties if p not in optional],
+                              "properties": properties}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def enum(*values: Any) -> dict[str, Any]:
+    return {"type": ["string", "null"] if None in values else "string", "enum": list(values)}
+
+
+def text(description: str = "") -> dict[str, Any]:
+    return {"type": "string", "description": description} if description else {"type": "string"}
+
+
+STRING, INTEGER, NUMBER, BOOLEAN = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+COUNT = {"type": "integer", "minimum": 0}
+TIMESTAMP = {"type": "string", "format": "date-time", "description": "UTC, e.g. 2026-11-24T02:41:41Z"}
+ROW_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+SHA256 = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+SERVER_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", "description": "a node's id"}
+STRINGS = array(STRING)
+MAYBE_STRING, MAYBE_TIMESTAMP, MAYBE_INTEGER = nullable(STRING), nullable(TIMESTAMP), nullable(INTEGER)
+ANY_JSON = {"description": "any JSON value"}
+_METADATA_KINDS = {"text": STRING, "words": STRINGS, "number": NUMBER, "integer": INTEGER}
+METADATA = {name: _METADATA_KINDS[kind] for name, (kind, _) in FIELD_LIMITS.items()}
+FIELD_SOURCES = {"type": "object", "additionalProperties": STRING, "description": "field -> the source of its value"}
+
+
+# --- component schemas -------------------------------------------------------------------------------------------
+_NODE_CONTACT = {"server_id": SERVER_ID, "display_name": MAYBE_STRING, "api_url": MAYBE_STRING, "online": BOOLEAN,
+                 "last_contact": MAYBE_TIMESTAMP}
+_REFERENCE = {"kind": text("the kind the job names it as: checkpoint, lora, vae, ..."),
+              "reference": text("the reference as the registry reads it"), "written": text("as the job writes it")}
+_MODEL_SHORT = {"id": ROW_ID, "filename": MAYBE_STRING, "sha256": SHA256, "autov2": MAYBE_STRING}
+_MODEL_MATCH = {"id": ROW_ID, "name": MAYBE_STRING, "filename": MAYBE_STRING, "type": MAYBE_STRING,
+                "base": MAYBE_STRING, "sha256": SHA256, "autov2": MAYBE_STRING, "autov1": MAYBE_STRING,
+                "autov3": MAYBE_STRING, "civitai_id": MAYBE_INTEGER, "civitai_version_id": MAYBE_INTEGER,
+                "civitai_model_name": MAYBE_STRING, "matched_by": STRINGS}
+_FILE_COLUMNS = {"id": ROW_ID, "model_id": MAYBE_INTEGER, "path": STRING, "rel_name": MAYBE_STRING,
+                 "role": MAYBE_STRING, "size": MAYBE_INTEGER, "mtime_ns": MAYBE_INTEGER, "last_seen": MAYBE_TIMESTAMP}
+_NAME_CONFLICT_MODEL = obj({**_MODEL_SHORT, "nodes": STRINGS, "loaded_by": STRINGS})
+_SCAN_COUNTS = {name: COUNT for name in ("total", "added", "updated", "removed", "hashesCalculated", "hashesSkipped",
+                                         "hashesCached", "duplicates", "errors", "broken", "unreachable")}
+_SYNC_COUNTS = {name: COUNT for name in ("added", "updated", "removed", "unchanged")}
+
+COMPONENTS: dict[str, dict[str, Any]] = {
+    "Error": {
+        **obj({"error": text("what went wrong"), "field": nullable(text("the part of the request, e.g. files[12].sha256"))}),
+        "additionalProperties": False,
+    },
+    # nodes
+    "Folder": obj({"path": STRING, "reason": STRING}, description="a folder of a node that cannot be read now"),
+    "Node": obj({
+        "id": SERVER_ID, "display_name": MAYBE_STRING, "api_url": MAYBE_STRING,
+        "roots": nullable(array(obj({"path": STRING, "role": MAYBE_STRING}))),
+        "unavailable": array(ref("Folder")), "created_at": MAYBE_TIMESTAMP, "last_sync": MAYBE_TIMESTAMP,
+        "last_heartbeat": MAYBE_TIMESTAMP,
+        "last_sync_summary": nullable(obj({**_SYNC_COUNTS, "files": COUNT, "models": COUNT, "unhashed": COUNT,
+                                           "unusable": COUNT}, optional=("files", "models", "unhashed", "unusable"))),
+        "file_count": COUNT, "model_count": COUNT, "unhashed_count": COUNT, "broken_count": COUNT,
+        "unreachable_count": COUNT, "online": BOOLEAN, "last_seen": MAYBE_TIMESTAMP,
+    }),
+    "NodeList": obj({"servers": array(ref("Node")), "offline_after_seconds": NUMBER}),
+    "NodeFiles": obj({
+        "server_id": SERVER_ID, "total": COUNT, "limit": COUNT, "offset": COUNT,
+        "files": array(obj({**_FILE_COLUMNS, "has_preview": MAYBE_INTEGER, "content_type": MAYBE_STRING,
+                            "content_base": MAYBE_STRING, "problem": MAYBE_STRING})),
+    }, description="the node's usable files (state=ok)"),
+    "NodeUnusableFiles": obj({
+        "server_id": SERVER_ID, "state": enum(*(s for s in FILE_STATES if s != "ok")), "total": COUNT,
+        "limit": COUNT, "offset": COUNT,
+        "files": array(obj({**_FILE_COLUMNS, "state": STRING, "reason": MAYBE_STRING, "since": MAYBE_TIMESTAMP,
+                            "hash_autov2": MAYBE_STRING})),
+    }, description="the node's broken or unreachable files (state=broken|unreachable)"),
+    "Enriched": obj({"model_id": ROW_ID, "metadata": obj(METADATA, optional=tuple(METADATA)),
+                     "field_sources": FIELD_SOURCES, "preview_url": MAYBE_STRING}),
+    "SyncAnswer": obj({
+        "server_id": SERVER_ID, **_SYNC_COUNTS, "unusable": COUNT, "new_models": COUNT, "last_sync": TIMESTAMP,
+        "enriched": {"type": "object", "additionalProperties": ref("Enriched"), "description": "sha256 -> what the registry adds"},
+        "warnings": array(obj({"path": STRING, "field": STRING, "message": STRING})),
+        "warnings_omitted": COUNT, "previews_wanted": array(SHA256), "registered": BOOLEAN,
+        "token": text("the node's token: only in the answer that registers it"),
+    }, optional=("warnings_omitted", "token")),
+    "HeartbeatAnswer": obj({"server_id": SERVER_ID, "last_heartbeat": TIMESTAMP, "registered": BOOLEAN,
+                            "token": text("only in the answer that registers the node")}, optional=("token",)),
+    "PreviewStored": obj({"sha256": SHA256, "stored": BOOLEAN, "width": COUNT, "height": COUNT,
+                          "reason": text("why it was not stored")}, optional=("width", "height", "reason")),
+    "NodeDeleted": obj({"deleted": SERVER_ID, "files_removed": COUNT}),
+    "TokenIssued": obj({"server_id": SERVER_ID, "token": STRING}),
+    # models
+    "ModelSummary": obj({
+        "id": ROW_ID, "name": MAYBE_STRING, "filename": MAYBE_STRING, "type": MAYBE_STRING, "base": MAYBE_STRING,
+        "sha256": SHA256, "autov1": MAYBE_STRING, "autov2": MAYBE_STRING, "autov3": MAYBE_STRING,
+        "size": MAYBE_INTEGER, "metadata_source": MAYBE_STRING, "civitai_id": MAYBE_INTEGER,
+        "civitai_version_id": MAYBE_INTEGER, "civitai_model_name": MAYBE_STRING, "created_at": MAYBE_TIMESTAMP,
+        "updated_at": MAYBE_TIMESTAMP, "last_used": MAYBE_TIMESTAMP, "overridden": STRINGS, "node_count": COUNT,
+        "online_node_count": COUNT, "preview_url": MAYBE_STRING,
+    }),
+    "ModelList": obj({"models": array(ref("ModelSummary")), "total": COUNT, "limit": COUNT, "offset": COUNT,
+                      "page": COUNT, "pages": COUNT}),
+    "NodeCopy": obj({
+        "server_id": SERVER_ID, "display_name": MAYBE_STRING, "api_url": MAYBE_STRING, "online": BOOLEAN,
+        "local_name": text("the name a job uses for it on that node"), "last_seen": MAYBE_TIMESTAMP,
+        "files": array(obj({"path": STRING, "rel_name": MAYBE_STRING, "local_name": STRING, "last_seen": MAYBE_TIMESTAMP})),
+    }, description="a node holding a model, with its files of it"),
+    "ModelAvailability": obj({"model_id": ROW_ID, "sha256": SHA256, "available": BOOLEAN, "online": BOOLEAN,
+                              "servers": array(ref("NodeCopy"))}),
+    "ModelInfo": obj({
+        "id": ROW_ID, "sha256": SHA256, "hash_sha256": SHA256, "hash_autov1": MAYBE_STRING,
+        "hash_autov2": MAYBE_STRING, "hash_autov3": MAYBE_STRING, "size": MAYBE_INTEGER, "filename": MAYBE_STRING,
+        "forge_format": MAYBE_STRING, **{name: nullable(schema) for name, schema in METADATA.items()},
+        "metadata_source": MAYBE_STRING, "field_sources": FIELD_SOURCES,
+        "overrides": {"type": "object", "description": "field -> the operator's value (PATCH /api/v1/models/{id})"},
+        "has_embedded_metadata": MAYBE_INTEGER, "last_used": MAYBE_TIMESTAMP, "created_at": MAYBE_TIMESTAMP,
+        "updated_at": MAYBE_TIMESTAMP, "servers": array(ref("NodeCopy")), "available": BOOLEAN, "online": BOOLEAN,
+        "aliases": array(obj({"server_id": SERVER_ID, "kind": STRING, "alias": STRING, "local_name": MAYBE_STRING})),
+        "civitai_lookup": nullable(obj({"status": STRING, "checked_at": MAYBE_TIMESTAMP, "attempts": MAYBE_INTEGER,
+                                        "next_attempt_at": MAYBE_TIMESTAMP, "version_id": MAYBE_INTEGER,
+                                        "error": MAYBE_STRING})),
+        "civitai_rejected": array(obj({"version_id": INTEGER, "rejected_at": TIMESTAMP})),
+        "preview": nullable(obj({"status": STRING, "source_url": MAYBE_STRING, "checked_at": MAYBE_TIMESTAMP,
+                                 "error": MAYBE_STRING})),
+        "preview_url": MAYBE_STRING,
+    }),
+    "AvailabilityMarked": obj({"model_id": ROW_ID, "server_id": SERVER_ID, "path": STRING, "rel_name": STRING,
+                               "created": BOOLEAN, "registered": BOOLEAN, "token": STRING},
+                              optional=("registered", "token")),
+    "AvailabilityRemoved": obj({"model_id": ROW_ID, "server_id": SERVER_ID, "removed": COUNT}),
+    "MetadataRefresh": obj({"model_id": ROW_ID, "sha256": SHA256, "queued": BOOLEAN, "worker_running": BOOLEAN}),
+    "ScanResult": obj({
+        "success": BOOLEAN, "server_id": SERVER_ID, "calculate_hashes": BOOLEAN, **_SCAN_COUNTS, "message": STRING,
+        "problems": array(obj({"path": STRING, "reason": STRING})),
+        "duplicate_models": array(obj({"sha256": SHA256, "paths": STRINGS})),
+        "unavailable": array(obj({"path": STRING, "reason": STRING, "files_kept": COUNT})),
+    }),
+    "HashOutcome": obj({
+        "file_id": ROW_ID, "path": STRING, "previous_sha256": nullable(SHA256), "sha256": SHA256,
+        "autov1": MAYBE_STRING, "autov2": MAYBE_STRING, "autov3": MAYBE_STRING, "changed": BOOLEAN,
+        "error": text("why the file could not be hashed (then no hashes)"),
+    }, optional=("sha256", "autov1", "autov2", "autov3", "changed", "error")),
+    "ModelHashed": obj({"model_id": ROW_ID, "files": array(ref("HashOutcome"))}),
+    "FileHashed": obj({"file_id": ROW_ID, "model_id": MAYBE_INTEGER, "files": array(ref("HashOutcome"))}),
+    "RegistryReset": obj({"reset": {"const": True}, "backup": text("the backup's path on the server")}),
+    "Overridden": obj({"model_id": ROW_ID, "overrides": {"type": "object"}, "model": ref("ModelInfo")}),
+    "MatchRejected": obj({"model_id": ROW_ID, "rejected_version_id": INTEGER, "cleared": STRINGS,
+                          "model": ref("ModelInfo")}),
+    "AdminCheck": obj({"admin": {"const": True}}),
+    "Health": obj({
+        "status": enum("ok", "degraded"), "disk_full": BOOLEAN, "reason": STRING,
+        "disk_full_since": TIMESTAMP, "schema_version": INTEGER, "models": COUNT, "servers": COUNT,
+        "civitai_worker": nullable(obj({"running": BOOLEAN, "paused_seconds": NUMBER, "found": COUNT,
+                                        "not_found": COUNT, "errors": COUNT, "previews": COUNT})),
+        "uptime_seconds": NUMBER,
+    }, optional=("reason", "disk_full_since")),
+    "OpenAPIDocument": obj({"openapi": STRING, "info": obj({"title": STRING, "version": STRING, "description": STRING,
+                                                      "license": {"type": "object"}, "x-api-version": STRING},
+                                                     ("description", "license")),
+                            "paths": {"type": "object"}, "components": {"type": "object"}, "tags": array({"type": "object"})}),
+    # job checks
+    "NodeContact": obj(_NODE_CONTACT, description="a node and whether it is online"),
+    "ModelShort": obj(_MODEL_SHORT),
+    "ModelMatch": obj(_MODEL_MATCH),
+    "Missing": obj({**_REFERENCE, "why": STRING}),
+    "Requirement": obj({
+        **_REFERENCE, "fields": array(text("where the job names it")),
+        "status": enum("resolved", "name_conflict", "ambiguous", "unknown", "conflict"),
+        "match_type": MAYBE_STRING, "reason": STRING, "model": nullable(ref("ModelMatch")),
+        "candidates": array(obj({**_MODEL_MATCH, "nodes": STRINGS, "loaded_by": STRINGS}, optional=("loaded_by",))),
+        "nodes": STRINGS, "pending_on": STRINGS, "name_clash_on": STRINGS,
+        "local_name": nullable(text("dispatch-check: the name on that node")),
+        "title": text("dispatch-check, a checkpoint: its title on that node"),
+    }, optional=("name_clash_on", "local_name", "title")),
+    "NameConflict": obj({
+        "type": {"const": "name_conflict"}, **_REFERENCE, "reason": STRING,
+        "models": array(_NAME_CONFLICT_MODEL), "model": ref("ModelShort"),
+        "others": array(obj({**_MODEL_SHORT, "nodes": STRINGS})),
+    }, optional=("models", "model", "others"),
+        description="a name meaning different content on different nodes: `models` (availability) or `model` and "
+                    "`others` (dispatch-check)"),
+    "JobAvailability": obj({
+        "format": STRING,
+        "model_availability": obj({
+            "available": BOOLEAN, "reason": STRING, "requirements": array(ref("Requirement")),
+            "servers": array(obj({**_NODE_CONTACT, "has_all": BOOLEAN, "missing": array(ref("Missing")),
+                                  "loads": array(obj({**_REFERENCE, "model": ref("ModelShort")}))})),
+            "candidates": array(ref("NodeContact")), "warnings": array(ref("NameConflict")),
+        }),
+    }),
+    "DispatchCheck": obj({
+        "server_id": SERVER_ID, "online": BOOLEAN, "ok": BOOLEAN,
+        "action": enum("retry_later", "route_elsewhere", "fail", None), "reason": STRING,
+        "missing": array(ref("Missing")), "requirements": array(ref("Requirement")),
+        "payload": {**ANY_JSON, "description": "when ok: the job with the node's own model names"},
+        "override_settings": {"type": "object", "additionalProperties": STRING},
+        "nodes": array(ref("NodeContact")), "warnings": array(ref("NameConflict")),
+    }),
+    "CheckpointVerify": obj({
+        "success": BOOLEAN, "provided_value": {"type": ["integer", "string"]},
+        "interpreted_as": enum("civitai_version_id", "hash"), "available": BOOLEAN, "reason": STRING,
+        "status": STRING, "hash": MAYBE_STRING, "match_type": MAYBE_STRING, "civitai_model_id": MAYBE_INTEGER,
+        "model_info": nullable(obj({
+            "id": ROW_ID, "name": MAYBE_STRING, "filename": MAYBE_STRING, "type": MAYBE_STRING, "base": MAYBE_STRING,
+            "hash_autov2": MAYBE_STRING, "hash_sha256": SHA256, "civitai_id": MAYBE_INTEGER,
+            "civitai_version_id": MAYBE_INTEGER, "civitai_model_name": MAYBE_STRING})),
+        "servers": array(obj({**_NODE_CONTACT, "local_name": STRING})), "candidates": array(ref("ModelMatch")),
+    }),
+    "WantedList": obj({
+        "wanted": array(obj({
+            "kind": STRING, "reference_key": STRING, "reference": MAYBE_STRING, "model_id": MAYBE_INTEGER,
+            "requests": COUNT, "first_wanted": MAYBE_TIMESTAMP, "last_wanted": MAYBE_TIMESTAMP,
+            "available_now": BOOLEAN, "nodes_now": STRINGS, "model": nullable(ref("ModelMatch")),
+        })),
+        "limit": COUNT, "offset": COUNT, "next_offset": MAYBE_INTEGER,
+    }),
+    # request bodies
+    "Inventory": obj({
+        "format": {"const": 1}, "server_id": SERVER_ID, "display_name": STRING, "api_url": STRING,
+        "roots": array(obj({"path": STRING, "role": enum(*ROLES)}, optional=("role",))),
+        "unavailable": array(ref("Folder")),
+        "files": array(obj({
+            "path": STRING, "rel_name": STRING, "role": enum(*ROLES), "size": COUNT, "mtime_ns": COUNT,
+            "sha256": nullable({"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}),
+            "autov1": nullable({"type": "string", "pattern": "^[0-9a-fA-F]{8}$"}),
+            "autov3": nullable({"type": "string", "pattern": "^[0-9a-fA-F]{1,64}$"}),
+            "type": MAYBE_STRING, "base": MAYBE_STRING, "metadata_source": MAYBE_STRING,
+            "metadata": obj(METADATA, optional=tuple(METADATA)), "field_sources": FIELD_SOURCES,
+            "has_embedded_metadata": BOOLEAN, "has_preview": BOOLEAN, "state": enum(*FILE_STATES),
+            "problem": MAYBE_STRING,
+        }, optional=("rel_name", "role", "mtime_ns", "sha256", "autov1", "autov3", "type", "base", "metadata_source",
+                     "metadata", "field_sources", "has_embedded_metadata", "has_preview", "state", "problem"))),
+    }, optional=("display_name", "api_url", "roots", "unavailable"),
+        description="a node's whole inventory, format 1 (docs/api.md)"),
+    "Job": obj({
+        "job": {**ANY_JSON, "description": "an A1111/Forge API body, an infotext, a StableQueue job or a list of requirements"},
+        "format": {**enum("auto", "a1111", "infotext", "stablequeue", "requirements"), "default": "auto"},
+        "record": {"type": "boolean", "default": True,
+                   "description": "false: a look only (unmet references are not counted as wanted)"},
+    }, optional=("format", "record")),
+}
+
+
+# --- request bodies and operations -------------------------------------------------------------------------------
+def json_body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": schema}}}
+
+
+IMAGE_BODY = {"required": True, "description": "the image file's bytes, JPEG, PNG or WebP (the server reads the image "
+                                               "itself, whatever the Content-Type); at most 8 MiB and 40 megapixels",
+              "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+JPEG_ANSWER = {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}
+BEARER = [{"bearer": []}]
+BEARER_OR_NONE = [{}, {"bearer": []}]
+
+
+@dataclass(frozen=True)
+class Operation:
+    answer: str | dict[str, Any]  # the component of the 200 body, or the 200 content itself (not JSON)
+    body: dict[str, Any] | None = None  # the requestBody
+    security: list[dict[str, list[str]]] | None = None  # None: open to anyone
+    writes: bool = False  # a write may find the registry's disk full (507)
+
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("get", "/api/v1/health"): Operation("Health"),
+    ("get", "/api/v1/openapi.json"): Operation("OpenAPIDocument"),
+    # nodes
+    ("get", "/api/v1/servers"): Operation("NodeList"),
+    ("delete", "/api/v1/servers/{server_id}"): Operation("NodeDeleted", security=BEARER, writes=True),
+    ("post", "/api/v1/servers/{server_id}/models/sync"): Operation(
+        "SyncAnswer", json_body(ref("Inventory")), BEARER_OR_NONE, writes=True),
+    ("post", "/api/v1/servers/{server_id}/heartbeat"): Operation(
+        "HeartbeatAnswer", json_body(obj({"display_name": STRING, "api_url": STRING}, ("display_name", "api_url")),
+                                     required=False), BEARER_OR_NONE, writes=True),
+    ("put", "/api/v1/servers/{server_id}/previews/{sha256}"): Operation("PreviewStored", IMAGE_BODY, BEARER, writes=True),
+    ("get", "/api/v1/servers/{server_id}/files"): Operation({"anyOf": [ref("NodeFiles"), ref("NodeUnusableFiles")]}),
+    ("post", "/api/v1/servers/{server_id}/token"): Operation("TokenIssued", security=BEARER, writes=True),
+    # models
+    ("get", "/api/v1/models"): Operation("ModelList"),
+    ("post", "/api/v1/models/scan"): Operation(
+        "ScanResult", json_body(obj({"calculate_hashes": {"type": "boolean", "default": False}}, ("calculate_hashes",)),
+                                required=False), BEARER_OR_NONE, writes=True),
+    ("post", "/api/v1/models/reset-database"): Operation("RegistryReset", security=BEARER, writes=True),
+    ("get", "/api/v1/models/{id}/info"): Operation("ModelInfo"),
+    ("get", "/api/v1/models/{id}/availability"): Operation("ModelAvailability"),
+    ("post", "/api/v1/models/{id}/availability"): Operation(
+        "AvailabilityMarked", json_body(obj({
+            "server_id": SERVER_ID, "path": text("the file's path on the node (default: rel_name)"),
+            "rel_name": text("its name relative to its model folder (default: the model's file name)"),
+            "local_name": text("read as rel_name when rel_name is absent"), "role": enum(*ROLES),
+        }, ("path", "rel_name", "local_name", "role"))), BEARER_OR_NONE, writes=True),
+    ("delete", "/api/v1/models/{id}/availability"): Operation(
+        "AvailabilityRemoved", json_body(obj({"server_id": SERVER_ID, "path": STRING}, ("server_id", "path"),
+                                             "or as query parameters"), required=False), BEARER_OR_NONE, writes=True),
+    ("get", "/api/v1/models/{id}/preview"): Operation(JPEG_ANSWER),
+    ("post", "/api/v1/models/{id}/refresh-metadata"): Operation("MetadataRefresh", writes=True),
+    ("post", "/api/v1/models/{id}/calculate-hash"): Operation("ModelHashed", security=BEARER_OR_NONE, writes=True),
+    ("post", "/api/v1/files/{file_id}/calculate-hash"): Operation("FileHashed", security=BEARER_OR_NONE, writes=True),
+    # job checks
+    ("post", "/api/v1/jobs/availability"): Operation("JobAvailability", json_body(ref("Job")), BEARER_OR_NONE),
+    ("post", "/api/v1/servers/{server_id}/dispatch-check"): Operation("DispatchCheck", json_body(ref("Job")), BEARER_OR_NONE),
+    ("post", "/api/v1/checkpoint-verify"): Operation("CheckpointVerify", json_body(obj({
+        "civitai_version_id": {"type": ["integer", "string"], "description": "a text that is not a number is read as a hash"},
+        "hash": text("SHA256, AutoV2, AutoV1, AutoV3 or a 12-hex short hash"),
+        "type": {"type": "string", "default": "checkpoint"},
+    }, ("civitai_version_id", "hash", "type"), "civitai_version_id or hash")), BEARER_OR_NONE),
+    ("get", "/api/v1/models/wanted"): Operation("WantedList", security=BEARER_OR_NONE),
+    # the operator's corrections
+    ("patch", "/api/v1/models/{id}"): Operation("Overridden", json_body(obj({
+        "name": nullable(STRING), "type": nullable(text("checkpoint, unet, lora, locon, ..., vae, embedding, ...")),
+        "base": nullable(text("sd1, sd2, sdxl, flux1, ...")), "trained_words": nullable(STRINGS),
+    }, ("name", "type", "base", "trained_words"), "null clears an override")), BEARER, writes=True),
+    ("post", "/api/v1/models/{id}/civitai/reject"): Operation("MatchRejected", security=BEARER, writes=True),
+    ("get", "/api/v1/admin/check"): Operation("AdminCheck", security=BEARER),
+}
+
+PATH_PARAMETERS = {"id": {**ROW_ID, "description": "a model's id"}, "file_id": {**ROW_ID, "description": "a file's id"},
+                   "server_id": SERVER_ID, "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}}
+_PAGE_SIZE = {"type": "integer", "minimum": 1, "maximum": 500}
+QUERY_PARAMETERS = {
+    "type": STRING, "base": STRING, "text": STRING, "server": SERVER_ID, "kind": STRING, "path": STRING,
+    "server_id": SERVER_ID, "availability": enum("available", "missing", "online", "offline"),
+    "sort": enum("name", "type", "base", "size", "created", "updated", "last_used", "id"),
+    "order": enum("asc", "desc"), "limit": _PAGE_SIZE, "offset": COUNT, "page": {"type": "integer", "minimum": 1},
+    "unhashed": BOOLEAN, "missing_only": {"type": "boolean", "default": True}, "state": enum(*FILE_STATES),
+}
+# answered by every operation of that kind, whether or not its docstring says so (the docstring's words win)
+_BODY_ERRORS = {"400": "the body is not UTF-8 JSON of the expected shape; `field` names the part",
+                "413": "the body is over the size limit", "415": "an unsupported Content-Encoding (gzip or none)"}
+_WRITE_ERRORS = {"507": "the registry's disk is full; nothing was changed"}
+_NODE_ID_ERRORS = {"400": "the server_id in the path is not a node id (1-64 of A-Z a-z 0-9 . _ -)"}
+_ANY_ERRORS = {"500": "an unexpected error (a bug; the server logs it)"}
+TAGS = {"app": "server", "routes_servers": "nodes", "routes_models": "models", "routes_jobs": "job checks",
+        "routes_overrides": "corrections"}
+
+
+# --- the document ------------------------------------------------------------------------------------------------
+def _content(answer: str | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(answer, str):
+        return {JSON: {"schema": ref(answer)}}
+    if "anyOf" in answer:
+        return {JSON: {"schema": answer}}
+    return answer
+
+
+def _operation(route: Route, method: str, path: str, documented: dict[str, Any]) -> dict[str, Any]:
+    table = OPERATIONS.get((method, path))
+    if table is None:
+        raise LookupError(f"{method.upper()} {path} has no entry in server/openapi.py OPERATIONS")
+    statuses = {}
+    for status, info in documented.pop("responses", {}).items():
+        if set(info) != {"description"}:  # e.g. an unquoted comma in a flow mapping: `{description: a, b}`
+            raise ValueError(f"{method.upper()} {path} {status}: a response in a docstring is {{description: ...}}, not {info}")
+        statuses[str(status)] = info["description"]
+    if "200" not in statuses:
+        raise LookupError(f"{method.upper()} {path}: its docstring lists no 200 answer")
+    if table.body is not None:
+        statuses = {**_BODY_ERRORS, **statuses}
+    if table.writes:
+        statuses = {**_WRITE_ERRORS, **statuses}
+    if "server_id" in route.param_convertors:
+        statuses = {**_NODE_ID_ERRORS, **statuses}
+    statuses = {**_ANY_ERRORS, **statuses}
+    responses = {
+        status: {"description": description, "content": _content(table.answer) if status == "200" else
+                 {JSON: {"schema": ref("Error")}}}
+        for status, description in sorted(statuses.items())
+    }
+    parameters = [{"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS[name]}
+                  for name in route.param_convertors]
+    for parameter in documented.pop("parameters", []):
+        parameters.append({**parameter, "schema": QUERY_PARAMETERS[parameter["name"]]})
+    operation = {"operationId": route.endpoint.__name__, "tags": [TAGS[route.endpoint.__module__.rsplit(".", 1)[-1]]],
+                 **documented, "responses": responses}
+    if parameters:
+        operation["parameters"] = parameters
+    if table.body is not None:
+        operation["requestBody"] = table.body
+    if table.security is not None:
+        operation["security"] = table.security
+    return operation
+
+
+def build_document(routes: list[BaseRoute]) -> dict[str, Any]:
+    """The OpenAPI document of every route under /api/ (the dashboard's HTML pages are not part of it)."""
+    docstrings = BaseSchemaGenerator()  # its docstring parser: the YAML after `---`
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if not isinstance(route, Route) or not route.include_in_schema or not route.path.startswith("/api/"):
+            continue
+        path = _CONVERTOR.sub("}", route.path)
+        for method in sorted((route.methods or {"GET"}) - {"HEAD"}):
+            documented = docstrings.parse_docstring(route.endpoint)
+            paths.setdefault(path, {})[method.lower()] = _operation(route, method.lower(), path, documented)
+    ids = [op["operationId"] for ops in paths.values() for op in ops.values()]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"operationIds repeat: {sorted(i for i in ids if ids.count(i) > 1)}")
+    return {
+        "openapi": OPENAPI_VERSION,
+        "info": {
+            "title": "modelsync central server",
+            "version": modelsync.__version__,
+            "description": f"API version {API_VERSION} (every path starts with /api/v{API_VERSION}); the document's "
+                           f"version is the modelsync release. Errors are `Error` objects. Guide: docs/api.md.",
+            "license": {"name": "MIT", "identifier": "MIT"},
+            "x-api-version": API_VERSION,
+        },
+        "tags": [{"name": name} for name in dict.fromkeys(TAGS.values())],
+        "paths": paths,
+        "components": {
+            "schemas": COMPONENTS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "a node's token, the admin token or the queue token"}},
+        },
+    }
