@@ -108,10 +108,9 @@ def _job_words(answer: dict[str, Any], node: str | None) -> str:
         lines.append("can run" if availability.get("available") else f"cannot run: {availability.get('reason', '')}")
         for c in availability.get("candidates") or []:
             lines.append(f"  candidate: {c.get('server_id')}")
-    for ref in answer.get("references") or answer.get("resolved") or []:
-        if isinstance(ref, dict):
-            status = ref.get("status") or ("resolved" if ref.get("model_id") else "unresolved")
-            lines.append(f"  {ref.get('kind', '?')} {ref.get('reference') or ref.get('name')!r}: {status}")
+    requirements = answer.get("requirements") or answer.get("model_availability", {}).get("requirements") or []
+    for ref in requirements:
+        lines.append(f"  {ref['kind']} {ref['reference']!r}: {ref['status']}" + (f" ({ref['reason']})" if ref.get("reason") else ""))
     for w in answer.get("warnings") or []:
         lines.append(f"  warning: {w if isinstance(w, str) else json.dumps(w)}")
     return "\n".join(lines)

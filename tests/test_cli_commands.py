@@ -148,6 +148,7 @@ def test_fleet_and_job_check_read_the_central_server(tmp_path, models, central_s
     assert json.loads(ok.stdout)["payload"]["override_settings"]["sd_model_checkpoint"] == "base.safetensors"
     missing = run("job", "check", "-", *server, cwd=tmp_path, stdin="a dog <lora:nowhere:1>\nSteps: 20, Sampler: Euler")
     assert missing.returncode == 1 and missing.stdout.startswith("cannot run")
+    assert "  lora 'nowhere': unknown (" in missing.stdout
     assert json.loads(run("fleet", "wanted", *server, "--json", cwd=tmp_path).stdout)["wanted"] == []  # a look only
 
 
