@@ -11,7 +11,7 @@ from pathlib import Path
 
 import model_factory
 import pytest
-from support_server import central_server  # noqa: F401  (fixture)
+from support_server import central_server, make_server  # noqa: F401  (fixtures)
 
 MODELSYNC = shutil.which("modelsync") or ""
 
@@ -232,3 +232,13 @@ def test_serve_refuses_to_start_in_one_line_and_changes_nothing(tmp_path):
     assert "is a file" in one_line_error(run("serve", cwd=tmp_path, env={"CONFIG_DATA_PATH": str(tmp_path / "a-file")}))
     bad_env = run("serve", cwd=tmp_path, env={"CONFIG_DATA_PATH": str(data), "MODELSYNC_REGISTRATION": "sometimes"})
     assert "MODELSYNC_REGISTRATION must be one of" in one_line_error(bad_env)
+
+
+def test_a_refusal_of_the_central_server_is_one_line_with_the_fix(tmp_path, make_server):
+    server = make_server(queue_token="q" * 32)
+    out = run("fleet", "wanted", "--server", server.base_url, cwd=tmp_path)
+    line = one_line_error(out)
+    assert "HTTP 401" in line and "queue token" in line and "--token" in line
+    assert run("fleet", "wanted", "--server", server.base_url, "--token", "q" * 32, "--json", cwd=tmp_path).returncode == 0
+    wrong = one_line_error(run("fleet", "wanted", "--server", server.base_url, "--token", "x" * 32, cwd=tmp_path))
+    assert "HTTP 403" in wrong
