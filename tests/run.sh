@@ -22,7 +22,8 @@ fi
 deactivate
 
 # A1111's pins that matter to the tab: gradio 3.41.2 needs pydantic 1; huggingface-hub as in .venv.
-GRADIO3_REQUIREMENTS=(pytest pytest-timeout httpx "gradio==3.41.2" "pydantic<2" "huggingface-hub==0.26.2")
+GRADIO3_REQUIREMENTS=(pytest pytest-timeout httpx "gradio==3.41.2" "pydantic<2" "huggingface-hub==0.26.2"
+                      "safetensors>=0.4.2" "numpy>=1.26" "openapi-spec-validator>=0.7")
 gradio3_stamp="$(printf '%s\n' "${GRADIO3_REQUIREMENTS[@]}" | cat - pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv-gradio3/bin/python ]; then
   python3 -m venv .venv-gradio3

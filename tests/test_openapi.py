@@ -147,6 +147,7 @@ def test_a_wrong_answer_fails_the_test_run(tmp_path):
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     env.pop("PYTEST_CURRENT_TEST", None)
+    env["COLUMNS"] = "1000"  # the summary lines whole, whatever terminal (or none) CI has
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
                          check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stdout + run.stderr
