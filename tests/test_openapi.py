@@ -40,7 +40,7 @@ def test_the_served_document_is_valid_openapi_with_the_release_and_api_version(c
     assert document["info"]["version"] == modelsync.__version__
     assert document["info"]["x-api-version"] == "1"
     operations = {(method, path) for path, ops in document["paths"].items() for method in ops}
-    assert operations == _api_operations() and len(operations) == 27
+    assert operations == _api_operations() and len(operations) == 34
     assert not any(path.startswith("/dashboard") for path in document["paths"])
 
 
@@ -147,8 +147,8 @@ def test_a_wrong_answer_fails_the_test_run(tmp_path):
     (tmp_path / "test_inner.py").write_text(INNER_TEST)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     env.pop("PYTEST_CURRENT_TEST", None)
-    env["COLUMNS"] = "1000"  # the summary lines whole, whatever terminal (or none) CI has
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+    # -rN: no short summary, whose lines pytest cuts to the terminal's width except under CI
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rN", "-p", "no:cacheprovider", str(tmp_path)],
                          check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stdout + run.stderr
     assert "1 passed, 1 error" in run.stdout, run.stdout
