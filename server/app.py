@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import dashboard, routes_jobs, routes_models, routes_overrides, routes_servers
+from . import dashboard, routes_jobs, routes_models, routes_overrides, routes_servers, routes_transfers
 from .auth import load_admin_token, trusted_networks
 from .civitai_worker import CivitaiWorker
 from .config import ServerConfig
@@ -110,6 +110,7 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             *routes_models.ROUTES,
             *routes_jobs.ROUTES,
             *routes_overrides.ROUTES,
+            *routes_transfers.ROUTES,
             *dashboard.ROUTES,
         ],
         middleware=[Middleware(dashboard.SecurityHeaders), Middleware(GZipMiddleware, minimum_size=4096)],

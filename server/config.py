@@ -9,6 +9,7 @@ from typing import Mapping
 DEFAULT_CIVITAI_IMAGE_HOSTS = ("image.civitai.com", "imagecache.civitai.com")
 REGISTRATION_MODES = ("loopback", "open", "closed")
 NAME_CONFLICT_MODES = ("per-node", "strict")
+FULFIL_MODES = ("off", "peer")
 
 
 class ConfigError(ValueError):
@@ -69,6 +70,8 @@ class ServerConfig:
     queue_token: str | None = None
     # a name that means different content on different nodes: resolved per node (default) or ambiguous everywhere
     name_conflicts: str = "per-node"
+    # a dispatch-check without "fulfil" in its body: order no copies (off) or copy missing models from peers (peer)
+    fulfil: str = "off"
     offline_after_seconds: float = 300.0
     max_request_bytes: int = 64 * 1024 * 1024
     max_decompressed_bytes: int = 512 * 1024 * 1024
@@ -117,6 +120,7 @@ class ServerConfig:
             trusted_proxies=_words(env.get("MODELSYNC_TRUSTED_PROXIES")),
             queue_token=env.get("MODELSYNC_QUEUE_TOKEN") or None,
             name_conflicts=_choice(env, "MODELSYNC_NAME_CONFLICTS", NAME_CONFLICT_MODES, defaults.name_conflicts),
+            fulfil=_choice(env, "MODELSYNC_FULFIL", FULFIL_MODES, defaults.fulfil),
             offline_after_seconds=_number(env, "MODELSYNC_OFFLINE_AFTER", defaults.offline_after_seconds),
             max_request_bytes=int(_number(env, "MODELSYNC_MAX_REQUEST_BYTES", defaults.max_request_bytes)),
             max_decompressed_bytes=int(_number(env, "MODELSYNC_MAX_DECOMPRESSED_BYTES", defaults.max_decompressed_bytes)),

@@ -1,7 +1,7 @@
 """What every request handler reaches through `context(request)`: configuration, registry, tokens, workers."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -11,6 +11,7 @@ from .own_node import OwnNode
 from .previews import PreviewStore
 from .queries import Liveness
 from .registry import Registry
+from .transfers import OrderSignals
 
 if TYPE_CHECKING:
     from .civitai_worker import CivitaiWorker
@@ -25,6 +26,7 @@ class ServerContext:
     own_node: OwnNode
     previews: PreviewStore
     worker: "CivitaiWorker | None" = None
+    signals: OrderSignals = field(default_factory=OrderSignals)  # wakes the nodes' long-polls for transfer orders
 
 
 def context(request: Request) -> ServerContext:

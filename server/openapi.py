@@ -21,6 +21,10 @@ from starlette.schemas import BaseSchemaGenerator
 import modelsync
 from modelsync.shared.inventory import FIELD_LIMITS
 from modelsync.shared.records import FILE_STATES, ROLES
+from modelsync.shared.transfer.failures import REASONS
+
+from .transfers.progress import REPORTED_STATES
+from .transfers.records import NO_ONLINE_HOLDER, SOURCE_MODES, STATES
 
 API_VERSION = "1"
 OPENAPI_VERSION = "3.1.0"
@@ -241,8 +245,14 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "missing": array(ref("Missing")), "requirements": array(ref("Requirement")),
         "payload": {**ANY_JSON, "description": "when ok: the job with the node's own model names"},
         "override_settings": {"type": "object", "additionalProperties": STRING},
-        "nodes": array(ref("NodeContact")), "warnings": array(ref("NameConflict")),
-    }),
+        "nodes": array(ref("NodeContact")),
+        "warnings": array({"anyOf": [ref("NameConflict"), ref("FulfilNotAuthorised")]}),
+        "transfers": {**array(ref("Transfer")), "description": "with fulfil, when not ok: the copies to this node, one "
+                                                                 "per missing model"},
+    }, optional=("transfers",)),
+    "FulfilNotAuthorised": obj({"type": {"const": "fulfil_not_authorised"}, "reason": STRING},
+                               description="fulfil was asked for by a client that may not order copies: nothing was "
+                                           "ordered, the answer is the one without fulfil"),
     "CheckpointVerify": obj({
         "success": BOOLEAN, "provided_value": {"type": ["integer", "string"]},
         "interpreted_as": enum("civitai_version_id", "hash"), "available": BOOLEAN, "reason": STRING,
@@ -261,9 +271,28 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         })),
         "limit": COUNT, "offset": COUNT, "next_offset": MAYBE_INTEGER,
     }),
+    # transfers
+    "Transfer": obj({
+        "id": ROW_ID, "server_id": {**SERVER_ID, "description": "the destination node"}, "sha256": SHA256,
+        "model_id": MAYBE_INTEGER, "state": enum(*STATES),
+        "source": obj({"kind": text("peer"), "server_id": nullable(text("the source node, when one is known"))}),
+        "bytes_done": COUNT, "size": nullable(COUNT), "speed_bps": nullable(NUMBER),
+        "eta_seconds": nullable({**NUMBER, "description": "the node's estimate; null until it reports one"}),
+        "dest_path": MAYBE_STRING,
+        "reason": nullable(text(f"a stable word: {', '.join([*REASONS, NO_ONLINE_HOLDER])}")),
+        "error": nullable(text("the reason in a sentence")), "created_at": TIMESTAMP, "updated_at": TIMESTAMP,
+    }, description="a copy of a model to a node; never carries a grant"),
+    "TransferList": obj({"transfers": array(ref("Transfer")), "total": COUNT, "limit": COUNT, "offset": COUNT}),
+    "TransferOrders": obj({"orders": array(obj({
+        "transfer_id": ROW_ID, "sha256": SHA256, "size": nullable(COUNT),
+        "rel_name": text("where the file goes, relative to a root of its role (made safe)"), "role": MAYBE_STRING,
+        "sources": array(obj({"server_id": SERVER_ID, "url": text("the file on the source node"),
+                              "grant": text("a short-lived grant for this file, source and destination: a secret")})),
+    }))}, description="what the node should fetch now, best source first"),
     # request bodies
     "Inventory": obj({
         "format": {"const": 1}, "server_id": SERVER_ID, "display_name": STRING, "api_url": STRING,
+        "files_url": text("the base URL peers fetch this node's files from"),
         "roots": array(obj({"path": STRING, "role": enum(*ROLES)}, optional=("role",))),
         "unavailable": array(ref("Folder")),
         "files": array(obj({
@@ -277,7 +306,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "problem": MAYBE_STRING,
         }, optional=("rel_name", "role", "mtime_ns", "sha256", "autov1", "autov3", "type", "base", "metadata_source",
                      "metadata", "field_sources", "has_embedded_metadata", "has_preview", "state", "problem"))),
-    }, optional=("display_name", "api_url", "roots", "unavailable"),
+    }, optional=("display_name", "api_url", "files_url", "roots", "unavailable"),
         description="a node's whole inventory, format 1 (docs/api.md)"),
     "Job": obj({
         "job": {**ANY_JSON, "description": "an A1111/Forge API body, an infotext, a StableQueue job or a list of requirements"},
@@ -285,6 +314,25 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "record": {"type": "boolean", "default": True,
                    "description": "false: a look only (unmet references are not counted as wanted)"},
     }, optional=("format", "record")),
+    "DispatchJob": obj({
+        "job": {**ANY_JSON, "description": "an A1111/Forge API body, an infotext, a StableQueue job or a list of requirements"},
+        "format": {**enum("auto", "a1111", "infotext", "stablequeue", "requirements"), "default": "auto"},
+        "record": {"type": "boolean", "default": True,
+                   "description": "false: a look only (unmet references are not counted as wanted)"},
+        "fulfil": {"type": "boolean", "description": "order copies of the models the node lacks from peers (default: "
+                                                     "MODELSYNC_FULFIL)"},
+    }, optional=("format", "record", "fulfil")),
+    "TransferOrder": obj({
+        "server_id": {**SERVER_ID, "description": "the destination node"}, "sha256": SHA256, "model_id": ROW_ID,
+        "source": {**enum(*SOURCE_MODES), "default": "auto"},
+        "from_server_id": {**SERVER_ID, "description": "the only node to copy from"},
+    }, optional=("sha256", "model_id", "source", "from_server_id"), description="sha256 or model_id names the model"),
+    "ProgressReport": obj({
+        "state": enum(*REPORTED_STATES), "bytes_done": COUNT, "size": COUNT, "speed_bps": nullable(NUMBER),
+        "eta_seconds": nullable(NUMBER), "reason": text(f"with failed: {', '.join(REASONS)}"),
+        "error": text("the failure in a sentence"), "dest_path": STRING,
+        "source_server_id": {**SERVER_ID, "description": "the source used"},
+    }, optional=("size", "speed_bps", "eta_seconds", "reason", "error", "dest_path", "source_server_id")),
 }
 
 
@@ -307,6 +355,7 @@ class Operation:
     body: dict[str, Any] | None = None  # the requestBody
     security: list[dict[str, list[str]]] | None = None  # None: open to anyone
     writes: bool = False  # a write may find the registry's disk full (507)
+    query: dict[str, dict[str, Any]] | None = None  # query parameters whose schema differs from QUERY_PARAMETERS'
 
 
 OPERATIONS: dict[tuple[str, str], Operation] = {
@@ -318,7 +367,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/api/v1/servers/{server_id}/models/sync"): Operation(
         "SyncAnswer", json_body(ref("Inventory")), BEARER_OR_NONE, writes=True),
     ("post", "/api/v1/servers/{server_id}/heartbeat"): Operation(
-        "HeartbeatAnswer", json_body(obj({"display_name": STRING, "api_url": STRING}, ("display_name", "api_url")),
+        "HeartbeatAnswer", json_body(obj({"display_name": STRING, "api_url": STRING, "files_url": nullable(STRING)},
+                                         ("display_name", "api_url", "files_url")),
                                      required=False), BEARER_OR_NONE, writes=True),
     ("put", "/api/v1/servers/{server_id}/previews/{sha256}"): Operation("PreviewStored", IMAGE_BODY, BEARER, writes=True),
     ("get", "/api/v1/servers/{server_id}/files"): Operation({"anyOf": [ref("NodeFiles"), ref("NodeUnusableFiles")]}),
@@ -346,7 +396,8 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/api/v1/files/{file_id}/calculate-hash"): Operation("FileHashed", security=BEARER_OR_NONE, writes=True),
     # job checks
     ("post", "/api/v1/jobs/availability"): Operation("JobAvailability", json_body(ref("Job")), BEARER_OR_NONE),
-    ("post", "/api/v1/servers/{server_id}/dispatch-check"): Operation("DispatchCheck", json_body(ref("Job")), BEARER_OR_NONE),
+    ("post", "/api/v1/servers/{server_id}/dispatch-check"): Operation(
+        "DispatchCheck", json_body(ref("DispatchJob")), BEARER_OR_NONE, writes=True),
     ("post", "/api/v1/checkpoint-verify"): Operation("CheckpointVerify", json_body(obj({
         "civitai_version_id": {"type": ["integer", "string"], "description": "a text that is not a number is read as a hash"},
         "hash": text("SHA256, AutoV2, AutoV1, AutoV3 or a 12-hex short hash"),
@@ -360,6 +411,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     }, ("name", "type", "base", "trained_words"), "null clears an override")), BEARER, writes=True),
     ("post", "/api/v1/models/{id}/civitai/reject"): Operation("MatchRejected", security=BEARER, writes=True),
     ("get", "/api/v1/admin/check"): Operation("AdminCheck", security=BEARER),
+    # transfers
+    ("post", "/api/v1/transfers"): Operation("Transfer", json_body(ref("TransferOrder")), BEARER, writes=True),
+    ("get", "/api/v1/transfers"): Operation("TransferList", query={"state": enum(*STATES)}),
+    ("get", "/api/v1/transfers/{id}"): Operation("Transfer"),
+    ("delete", "/api/v1/transfers/{id}"): Operation("Transfer", security=BEARER, writes=True),
+    ("post", "/api/v1/transfers/{id}/retry"): Operation("Transfer", security=BEARER, writes=True),
+    ("post", "/api/v1/transfers/{id}/progress"): Operation("Transfer", json_body(ref("ProgressReport")), BEARER,
+                                                           writes=True),
+    ("get", "/api/v1/servers/{server_id}/transfers/orders"): Operation("TransferOrders", security=BEARER, writes=True),
 }
 
 PATH_PARAMETERS = {"id": {**ROW_ID, "description": "a model's id"}, "file_id": {**ROW_ID, "description": "a file's id"},
@@ -371,6 +431,8 @@ QUERY_PARAMETERS = {
     "sort": enum("name", "type", "base", "size", "created", "updated", "last_used", "id"),
     "order": enum("asc", "desc"), "limit": _PAGE_SIZE, "offset": COUNT, "page": {"type": "integer", "minimum": 1},
     "unhashed": BOOLEAN, "missing_only": {"type": "boolean", "default": True}, "state": enum(*FILE_STATES),
+    "wait": {"type": "number", "minimum": 0, "default": 0, "description": "seconds to hold the answer (at most 30)"},
+    "running": {"type": "string", "pattern": "^[0-9]*(,[0-9]+)*$", "description": "transfer ids, comma-separated"},
 }
 # answered by every operation of that kind, whether or not its docstring says so (the docstring's words win)
 _BODY_ERRORS = {"400": "the body is not UTF-8 JSON of the expected shape; `field` names the part",
@@ -379,7 +441,7 @@ _WRITE_ERRORS = {"507": "the registry's disk is full; nothing was changed"}
 _NODE_ID_ERRORS = {"400": "the server_id in the path is not a node id (1-64 of A-Z a-z 0-9 . _ -)"}
 _ANY_ERRORS = {"500": "an unexpected error (a bug; the server logs it)"}
 TAGS = {"app": "server", "routes_servers": "nodes", "routes_models": "models", "routes_jobs": "job checks",
-        "routes_overrides": "corrections"}
+        "routes_overrides": "corrections", "routes_transfers": "transfers"}
 
 
 # --- the document ------------------------------------------------------------------------------------------------
@@ -410,14 +472,15 @@ def _operation(route: Route, method: str, path: str, documented: dict[str, Any])
         statuses = {**_NODE_ID_ERRORS, **statuses}
     statuses = {**_ANY_ERRORS, **statuses}
     responses = {
-        status: {"description": description, "content": _content(table.answer) if status == "200" else
+        status: {"description": description, "content": _content(table.answer) if status.startswith("2") else
                  {JSON: {"schema": ref("Error")}}}
         for status, description in sorted(statuses.items())
     }
     parameters = [{"name": name, "in": "path", "required": True, "schema": PATH_PARAMETERS[name]}
                   for name in route.param_convertors]
     for parameter in documented.pop("parameters", []):
-        parameters.append({**parameter, "schema": QUERY_PARAMETERS[parameter["name"]]})
+        schemas = {**QUERY_PARAMETERS, **(table.query or {})}
+        parameters.append({**parameter, "schema": schemas[parameter["name"]]})
     operation = {"operationId": route.endpoint.__name__, "tags": [TAGS[route.endpoint.__module__.rsplit(".", 1)[-1]]],
                  **documented, "responses": responses}
     if parameters:

@@ -7,6 +7,11 @@ sent, so a node's sync holding the write lock never delays a queue.
 
 With MODELSYNC_QUEUE_TOKEN set, every route here needs it (or the admin token) as a Bearer token, checked from
 the headers before the body is read.
+
+A dispatch-check with `fulfil` (in its body, or MODELSYNC_FULFIL=peer) orders the copies a node lacks
+(server/transfers/fulfil.py): that writes, so it runs in a thread. Who may order: whoever passed the queue token
+check when a queue token is set, else only loopback clients; anyone else gets the answer without fulfil and a
+`fulfil_not_authorised` warning.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import sqlite3
 from typing import Any, Callable
 
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -39,12 +45,13 @@ from modelsync.shared.job_resolver import (
     verify,
 )
 
-from .auth import bearer_token
+from .auth import bearer_token, is_loopback, real_client
 from .body import expect_object, read_json
 from .context import ServerContext, context
 from .errors import ApiError
 from .queries import MAX_PAGE_SIZE, int_param
 from .registry import MAX_ROW_ID
+from .transfers.fulfil import fulfil
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +77,12 @@ def _require_queue_token(request: Request, ctx: ServerContext) -> None:
         raise ApiError(403, "the token is neither the queue token nor the admin token", "Authorization")
 
 
-async def _read_job(request: Request, ctx: ServerContext) -> tuple[ParsedJob, bool]:
+async def _read_body(request: Request, ctx: ServerContext) -> dict[str, Any]:
+    return expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
+
+
+def _parse_job(body: dict[str, Any], ctx: ServerContext) -> tuple[ParsedJob, bool]:
     """The job, and whether its unmet references count for the most-wanted list (`"record": false` for a look only)."""
-    body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
     if "job" not in body:
         raise ApiError(400, 'the body needs "job": an A1111/Forge API body, an infotext, a StableQueue job or a list of '
                             'requirements', "job")
@@ -81,6 +91,27 @@ async def _read_job(request: Request, ctx: ServerContext) -> tuple[ParsedJob, bo
         raise ApiError(400, "record must be true or false", "record")
     fmt = body.get("format", "auto")
     return extract(body["job"], fmt if isinstance(fmt, str) else "", known_embeddings(ctx.registry.db())), record
+
+
+FULFIL_NOT_AUTHORISED = {
+    "type": "fulfil_not_authorised",
+    "reason": "fulfil was asked for but not done: only the queue token or the admin token (when MODELSYNC_QUEUE_TOKEN "
+              "is set), or else a client on the server's own host, may order copies",
+}
+
+
+def _wants_fulfil(body: dict[str, Any], ctx: ServerContext) -> bool:
+    """`"fulfil"` in the body, else the server-wide default (MODELSYNC_FULFIL)."""
+    wanted = body.get("fulfil", ctx.config.fulfil == "peer")
+    if not isinstance(wanted, bool):
+        raise ApiError(400, "fulfil must be true or false", "fulfil")
+    return wanted
+
+
+def _may_order(request: Request, ctx: ServerContext) -> bool:
+    """With a queue token, whoever passed its check (`_require_queue_token`: the queue or the admin token); without
+    one, a client on loopback only (judged on the real client, behind a trusted proxy the one it forwards for)."""
+    return ctx.config.queue_token is not None or is_loopback(real_client(request, ctx.config))
 
 
 def _after(ctx: ServerContext, write: Callable[..., int], *args: Any, **kwargs: Any) -> BackgroundTask:
@@ -115,7 +146,7 @@ async def jobs_availability(request: Request) -> JSONResponse:
     """
     ctx = context(request)
     _require_queue_token(request, ctx)
-    parsed, record = await _read_job(request, ctx)
+    parsed, record = _parse_job(await _read_body(request, ctx), ctx)
     db = ctx.registry.db()
     with read_snapshot(db):
         resolutions = resolve(db, parsed.requirements, ctx.config.name_conflicts)
@@ -133,7 +164,12 @@ async def dispatch_check(request: Request) -> JSONResponse:
       Body as for /api/v1/jobs/availability. When not ok, `action` tells the queue what to do: retry_later (the node
       is offline, or a model is on its way: a node lists a file of that name it has not hashed yet), route_elsewhere
       (`nodes` can run it) or fail (a reference is unknown, ambiguous or contradictory, or no node has the model).
-      An approved dispatch records last_used for its models (unless "record" is false).
+      An approved dispatch records last_used for its models (unless "record" is false). With "fulfil": true (or
+      MODELSYNC_FULFIL=peer), when the job cannot run on the node only because it lacks models an online peer can
+      serve, the copies are ordered (once; asking again returns the same ones) and listed in `transfers`: action
+      route_elsewhere when other nodes can run the job now, else retry_later; ok once the node has synced them. A
+      transfer that failed for good is listed as it is, with the answer without fulfil. Who may order: docs/security.md
+      (else a fulfil_not_authorised warning).
     responses:
       200: {description: "ok with the rewritten payload, or what the queue should do"}
       400: {description: "the job cannot be read; `field` names the part"}
@@ -146,7 +182,9 @@ async def dispatch_check(request: Request) -> JSONResponse:
     server_id = request.path_params["server_id"]
     if not valid_server_id(server_id):
         raise ApiError(400, "server_id must be 1-64 of A-Z a-z 0-9 . _ - (starting with a letter or digit)", "server_id")
-    parsed, record = await _read_job(request, ctx)
+    body = await _read_body(request, ctx)
+    parsed, record = _parse_job(body, ctx)
+    wants_fulfil = _wants_fulfil(body, ctx)
     db = ctx.registry.db()
     with read_snapshot(db):
         resolutions = resolve(db, parsed.requirements, ctx.config.name_conflicts)
@@ -156,6 +194,14 @@ async def dispatch_check(request: Request) -> JSONResponse:
         answer = dispatch(parsed, resolutions, nodes, server_id)
     except UnknownNode:
         raise ApiError(404, f"no node {server_id!r} is registered", "server_id") from None
+    if wants_fulfil and not _may_order(request, ctx):
+        answer["warnings"] = [*answer["warnings"], FULFIL_NOT_AUTHORISED]
+    elif wants_fulfil:
+        fulfilment = await run_in_threadpool(lambda: fulfil(ctx.registry.db(), answer, resolutions, nodes, server_id,
+                                                            own_server_id=ctx.config.own_server_id))
+        answer = fulfilment.answer
+        if fulfilment.ordered:
+            ctx.signals.notify(server_id)
     if not record:
         background = None
     elif answer["ok"]:

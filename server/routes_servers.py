@@ -18,7 +18,8 @@ from .body import expect_object, parse_json, read_body, read_json
 from .context import ServerContext, context
 from .errors import ApiError
 from .node_previews import MAX_UPLOAD_BYTES, drop_vanished, store_node_preview
-from .sync import answer_unchanged, last_digest, record_heartbeat, sync_inventory
+from .sync import (answer_unchanged, last_digest, record_files_url, record_heartbeat, sources_may_have_appeared,
+                   sync_inventory, was_online)
 
 
 def _server_id(request: Request) -> str:
@@ -43,7 +44,8 @@ async def _admit(ctx: ServerContext, request: Request) -> NodeAuth:
     return admit_node(ctx.registry.db(), request, _server_id(request), ctx.config, ctx.admin_token)
 
 
-def _sync(ctx: ServerContext, auth: NodeAuth, raw: bytearray) -> dict[str, Any]:
+def _sync(ctx: ServerContext, auth: NodeAuth, raw: bytearray) -> tuple[dict[str, Any], bool]:
+    """The answer, and whether the node may have become a source for waiting transfers."""
     server_id = auth.server_id
     digest = hashlib.sha256(raw).hexdigest()
     body = expect_object(parse_json(raw))
@@ -54,14 +56,16 @@ def _sync(ctx: ServerContext, auth: NodeAuth, raw: bytearray) -> dict[str, Any]:
     if body.get("server_id") != server_id:
         raise ApiError(400, f"the inventory is for {body.get('server_id')!r}, not {server_id!r} as in the URL", "server_id")
     db = ctx.registry.db()
-    if digest == last_digest(db, server_id):
-        with write_transaction(db):
-            auth = register_first_contact(db, auth)
-            return {**answer_unchanged(db, server_id, body, digest), **_registration(auth)}
-    inventory = parse_inventory(body, max_files=limit)
+    unchanged = digest == last_digest(db, server_id)
+    inventory = None if unchanged else parse_inventory(body, max_files=limit)
     with write_transaction(db):  # a first contact is registered only together with its inventory
         auth = register_first_contact(db, auth)
-        return {**sync_inventory(db, inventory, digest, ctx.previews), **_registration(auth)}
+        back_online = not was_online(db, ctx.liveness, server_id)
+        url_changed = record_files_url(db, server_id, body)
+        answer = (answer_unchanged(db, server_id, body, digest) if inventory is None
+                  else sync_inventory(db, inventory, digest, ctx.previews))
+        appeared = sources_may_have_appeared(db, server_id, answer)
+        return {**answer, **_registration(auth)}, back_online or url_changed or appeared
 
 
 async def sync_models(request: Request) -> JSONResponse:
@@ -73,7 +77,7 @@ async def sync_models(request: Request) -> JSONResponse:
       overwritten), the node's availability rows added, refreshed or removed. A node's first contact registers
       it and returns its token once; afterwards `Authorization: Bearer <token>` is required. The token (and, for a
       first contact, the client's address) is checked before the body is read: a refused request is answered
-      without reading it.
+      without reading it. A top-level "files_url" is the base URL peers fetch this node's files from (as in a heartbeat).
     responses:
       200: {description: "the sync applied (or an unchanged re-send answered), with what the registry adds"}
       400: {description: "invalid inventory, JSON or gzip; `field` names the part"}
@@ -86,9 +90,11 @@ async def sync_models(request: Request) -> JSONResponse:
     ctx = context(request)
     auth = await _admit(ctx, request)
     raw = await read_body(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes)
-    result = await run_in_threadpool(_sync, ctx, auth, raw)
+    result, sources_changed = await run_in_threadpool(_sync, ctx, auth, raw)
     if ctx.worker is not None and result["new_models"]:
         ctx.worker.wake()
+    if sources_changed:
+        ctx.signals.notify_holders_changed()
     return JSONResponse(result)
 
 
@@ -96,7 +102,9 @@ async def heartbeat(request: Request) -> JSONResponse:
     """A node says it is alive.
     ---
     summary: Heartbeat; registers the node on first contact like a sync
-    description: 'Body (optional): {"display_name": ..., "api_url": ...}'
+    description: >
+      Body (optional): {"display_name": ..., "api_url": ..., "files_url": ...}; files_url is the base URL peers fetch
+      this node's files from (absent or null: as it was).
     responses:
       200: {description: the heartbeat recorded}
       401: {description: the node is registered and no token was sent}
@@ -106,13 +114,18 @@ async def heartbeat(request: Request) -> JSONResponse:
     admitted = await _admit(ctx, request)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
 
-    def work() -> dict[str, Any]:
+    def work() -> tuple[dict[str, Any], bool]:
         db = ctx.registry.db()
         with write_transaction(db):
             auth = register_first_contact(db, admitted)
-            return {**record_heartbeat(db, admitted.server_id, body), **_registration(auth)}
+            back_online = not was_online(db, ctx.liveness, admitted.server_id)
+            url_changed = record_files_url(db, admitted.server_id, body)
+            return {**record_heartbeat(db, admitted.server_id, body), **_registration(auth)}, back_online or url_changed
 
-    return JSONResponse(await run_in_threadpool(work))
+    answer, sources_changed = await run_in_threadpool(work)
+    if sources_changed:
+        ctx.signals.notify_holders_changed()
+    return JSONResponse(answer)
 
 
 def list_servers(request: Request) -> JSONResponse:

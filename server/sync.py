@@ -3,6 +3,9 @@
 The SHA256 of the last applied inventory body is kept per node: an identical re-send (the common case: a node
 pushing on a timer) is answered from the registry without parsing or applying it again. Anything else that
 changes a node's rows (availability marks, reset) clears that digest.
+
+Both may carry the URL peers fetch the node's files from (`files_url`), and both may make the node a source for
+transfers waiting on one (`sources_may_have_appeared`: the caller wakes the long-polls).
 """
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ from modelsync.shared.records import METADATA_FIELDS
 
 from .node_previews import drop_vanished, previews_wanted
 from .previews import PreviewStore
-from .queries import preview_url
+from .queries import Liveness, preview_url
 from .registry import iso, utc_now
+from .transfers import clear_exclusions_after_sync, set_files_url
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,25 @@ def record_heartbeat(db: sqlite_utils.Database, server_id: str, body: dict[str, 
             [now, display_name, api_url, server_id],
         )
     return {"server_id": server_id, "last_heartbeat": now}
+
+
+def was_online(db: sqlite_utils.Database, liveness: Liveness, server_id: str) -> bool:
+    """Whether the node counted as online before this request (read before the request records its contact)."""
+    row = db.conn.execute("SELECT last_sync, last_heartbeat FROM servers WHERE id = ?", [server_id]).fetchone()
+    return row is not None and liveness.is_online(server_id, row[0], row[1])
+
+
+def record_files_url(db: sqlite_utils.Database, server_id: str, body: dict[str, Any]) -> bool:
+    """The node's `files_url`, when the body carries one (absent or null: as it was); True when it changed."""
+    url = body.get("files_url")
+    return url is not None and set_files_url(db, server_id, url)
+
+
+def sources_may_have_appeared(db: sqlite_utils.Database, server_id: str, answer: dict[str, Any]) -> bool:
+    """After a sync: end the node's source exclusions for files it hashed again; True when the sync added or changed
+    files or ended exclusions (the node may now serve a model some transfer waits for)."""
+    ended = clear_exclusions_after_sync(db, server_id)
+    return bool(ended or answer["added"] or answer["updated"])
 
 
 def forget_digest(db: sqlite_utils.Database, server_id: str) -> None:

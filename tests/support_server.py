@@ -136,6 +136,7 @@ def server_env(config: ServerConfig) -> dict[str, str]:
         "MODELSYNC_OFFLINE_AFTER": str(config.offline_after_seconds),
         "MODEL_PATH": os.pathsep.join(str(p) for p in config.model_paths),
         "MODELSYNC_REGISTRATION": config.registration,
+        "MODELSYNC_FULFIL": config.fulfil,
     }
     return env
 

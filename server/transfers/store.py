@@ -47,6 +47,16 @@ def standing(db: sqlite_utils.Database, server_id: str, sha256: str) -> Transfer
     return found[0] if found else None
 
 
+def arrived(db: sqlite_utils.Database, server_id: str, sha256: str) -> Transfer | None:
+    """The node's last done transfer of this SHA256 when it finished at or after the node's last sync: the file is
+    there, the registry does not list it yet (ordering it again now would copy it twice)."""
+    found = _transfers(db, """SELECT t.* FROM transfers t JOIN servers s ON s.id = t.server_id
+                              WHERE t.server_id = ? AND t.sha256 = ? AND t.state = 'done'
+                                AND t.finished_at >= COALESCE(s.last_sync, '')
+                              ORDER BY t.id DESC LIMIT 1""", [server_id, sha256])
+    return found[0] if found else None
+
+
 def active_of(db: sqlite_utils.Database, server_id: str) -> list[Transfer]:
     return _transfers(db, ACTIVE_OF_SQL, [server_id])
 
