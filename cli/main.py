@@ -46,6 +46,21 @@ def _positive(text: str) -> int:
     return value
 
 
+def _rate(text: str) -> int:
+    """Bytes per second: `50MB/s`, `50MB` or `52428800`."""
+    return _size(text[:-2] if text.lower().endswith("/s") else text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400 * 7:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to a week, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -103,6 +118,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-missing", action="store_true",
                    help="drop the catalog's files under folders that cannot be read now (by default they are kept, "
                         "flagged unreachable, and the command exits 1)")
+
+    p = command("node", "node:cmd_node", "run this machine as a node without Forge: scan, push, heartbeat, re-scan "
+                "after changes, take transfers, serve files to peers (until SIGINT/SIGTERM)")
+    p.add_argument("roots", nargs="*", metavar="ROOT", help="a folder; a Forge/A1111 models/ folder maps its sub-folders to roles")
+    p.add_argument("--role", action="append", default=[], type=_role_root, metavar="KIND=DIR", help="a folder with a role")
+    p.add_argument("--server", required=True, metavar="URL", help="the central server")
+    node_options(p)
+    p.add_argument("--token", default=None, help="this node's token (default: $MODELSYNC_TOKEN, or the one stored at "
+                                                "registration)")
+    p.add_argument("--display-name", default=None)
+    p.add_argument("--api-url", default=None, help="where the job queue reaches this node's A1111 API")
+    p.add_argument("--listen", default="127.0.0.1:8189", metavar="HOST:PORT",
+                   help="the file server for peers (default: 127.0.0.1:8189, loopback only)")
+    p.add_argument("--files-url", default=None, metavar="URL",
+                   help="the base URL peers fetch this node's files from (default: http://HOST:PORT of --listen)")
+    p.add_argument("--heartbeat", type=_seconds, default=60, metavar="SECONDS", help="0: none (default: 60)")
+    p.add_argument("--rescan", type=_seconds, default=600, metavar="SECONDS", help="timed re-scan, 0: none (default: 600)")
+    p.add_argument("--no-watch", action="store_true", help="no re-scan after changes in the folders, the timer only")
+    p.add_argument("--max-transfers", type=_positive, default=2, metavar="N", help="transfers at a time (default: 2)")
+    p.add_argument("--bandwidth", type=_rate, default=0, metavar="BYTES/S", help="per transfer: 50MB/s, 1GiB/s ... (default: unlimited)")
+    p.add_argument("--free-floor", type=_size, default=2 * 1024**3, metavar="SIZE",
+                   help="free disk space a transfer leaves (default: 2GiB)")
+    p.add_argument("--max-size", type=_size, default=DEFAULT_MAX_HASH_SIZE, metavar="SIZE",
+                   help="skip hashing files over this size (default: 15GB)")
+    p.add_argument("--no-serve", action="store_true", help="serve no files to peers")
+    p.add_argument("--no-receive", action="store_true", help="take no transfers to this node")
 
     p = command("hash", "local:cmd_hash", "print every hash of files (SHA256, AutoV2, AutoV1, AutoV3)")
     p.add_argument("files", nargs="+", metavar="FILE")

@@ -5,11 +5,15 @@ import inspect
 import socket
 from dataclasses import dataclass
 
+from ..shared.node.config import NodeConfig
 from ..shared.push_client import PushError, check_server_url
+from ..shared.records import DEFAULT_MAX_HASH_SIZE
+from ..shared.transfer.receiver import DEFAULT_FLOOR_BYTES
 
 SECTION = ("modelsync", "Model Sync")
 CATEGORY = "system"  # the Settings tab's heading above the section (A1111 1.7+ and Forge); older hosts have none
 MB = 1024 * 1024
+GB = 1024 * MB
 
 
 @dataclass
@@ -53,6 +57,13 @@ class NodeSettings:
     heartbeat_seconds: int = 60
     max_hash_size_mb: int = 0
     extra_roots: str = ""
+    watch_folders: bool = True
+    allow_transfers: bool = True  # take transfer orders to this node
+    allow_serving: bool = True  # serve this node's files to peers holding a grant
+    files_url: str = ""  # where peers fetch this node's files (empty: serve none)
+    max_transfers: int = 2
+    bandwidth_mb: float = 0  # MB/s per transfer (0: unlimited)
+    free_floor_gb: float = DEFAULT_FLOOR_BYTES / GB
 
     @property
     def extra_root_list(self) -> list[str]:
@@ -65,6 +76,19 @@ class NodeSettings:
     @property
     def server(self) -> ServerURL:
         return server_url_of(self.server_url)
+
+    def node_config(self) -> NodeConfig:
+        """These settings as the node engine takes them."""
+        server = self.server
+        return NodeConfig(
+            node_id=self.effective_node_id, server_url=server.url, server_note=server.note,
+            token=self.token.strip() or None, display_name=self.display_name or None, api_url=self.api_url or None,
+            files_url=(self.files_url.strip().rstrip("/") or None) if self.allow_serving else None,
+            hash_new_files=self.hash_new_files, max_hash_size=self.max_hash_size_mb * MB or DEFAULT_MAX_HASH_SIZE,
+            rescan_seconds=self.rescan_minutes * 60, heartbeat_seconds=self.heartbeat_seconds, watch=self.watch_folders,
+            receive=self.allow_transfers, max_transfers=max(1, self.max_transfers),
+            bandwidth_bps=int(self.bandwidth_mb * MB) or None, free_floor_bytes=int(self.free_floor_gb * GB),
+        )
 
 
 # option key -> (NodeSettings field, label)
@@ -80,6 +104,13 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "modelsync_heartbeat_seconds": ("heartbeat_seconds", "Heartbeat to the central server every N seconds (0: off)"),
     "modelsync_max_hash_size_mb": ("max_hash_size_mb", "Largest file to hash, MB (0: default, 15 GB)"),
     "modelsync_extra_roots": ("extra_roots", "Extra model folders (one per line)"),
+    "modelsync_watch_folders": ("watch_folders", "Re-scan soon after model files appear, change or disappear"),
+    "modelsync_allow_transfers": ("allow_transfers", "Allow transfers to this node (models copied from peers)"),
+    "modelsync_allow_serving": ("allow_serving", "Allow serving this node's models to peers (with a grant from the central server)"),
+    "modelsync_files_url": ("files_url", "Base URL peers fetch this node's files from, e.g. http://10.0.0.5:7860"),
+    "modelsync_max_transfers": ("max_transfers", "Transfers to this node at the same time"),
+    "modelsync_bandwidth_mb": ("bandwidth_mb", "Bandwidth limit per transfer, MB/s (0: none)"),
+    "modelsync_free_floor_gb": ("free_floor_gb", "Free disk space a transfer leaves, GB"),
 }
 
 

@@ -1,27 +1,35 @@
-"""The node's scan/push engine: scans with progress, pushes to the central server with back-off, heartbeats,
-re-scans on a timer, reads the fleet counts, and keeps the status the tab shows.
+"""The node engine, shared by the Forge/A1111 extension and `modelsync node` (no Forge or gradio in it): scans with
+progress, pushes to the central server with back-off, heartbeats, re-scans on a timer and soon after a change in the
+model folders, runs the transfers the server orders, reads the fleet counts, and keeps the status a face shows.
 
 A scan and a push hold different locks: the tab's scan reports as soon as the files are read, its push goes on
 in the background (a central server that takes the connection and never answers holds only the push), and a
-newer scan meanwhile replaces the inventory that waits to be pushed."""
+newer scan meanwhile replaces the inventory that waits to be pushed. A re-scan of the timer or the watcher whose
+inventory is the one the server took last pushes nothing."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...extension.settings import MB, NodeSettings
 from ..catalog import migrate, open_catalog
 from ..inventory import Inventory
-from ..push_client import NodeCredentials, PushError, ServerClient, send_previews
+from ..push_client import NodeCredentials, PushError, send_previews
 from ..records import Root
-from ..scanner import DEFAULT_MAX_HASH_SIZE, ScanProgress, ScanReport, scan
+from ..scanner import ScanProgress, ScanReport, scan
+from ..transfer.receiver import Received
+from .client import NodeClient
+from .config import NodeConfig
+from .received import record_received
+from .transfers import TransferRunner
+from .watcher import FolderWatcher
 
-log = logging.getLogger("modelsync.extension")
+log = logging.getLogger("modelsync.node")
 
 RETRY_DELAYS_SECONDS = (5.0, 15.0, 60.0, 300.0)  # after the 1st, 2nd, 3rd, further failed pushes
 IDLE_SECONDS = 60.0  # with nothing due, the background thread reads the settings again after this long
@@ -79,19 +87,25 @@ class Schedule:
     failures: int = 0
 
 
+def inventory_digest(inventory: Inventory) -> str:
+    return hashlib.sha256(inventory.to_json()).hexdigest()
+
+
 class NodeService:
+    """`config` and `roots` are read again each round, so a face's changed settings and folders apply at once."""
+
     def __init__(
         self,
         data_path: Path,
-        settings: Callable[[], NodeSettings],
-        roots: Callable[[list[str]], list[Root]],
+        config: Callable[[], NodeConfig],
+        roots: Callable[[], list[Root]],
         retry_delays: tuple[float, ...] = RETRY_DELAYS_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         timeouts: Timeouts = Timeouts(),
     ):
         self.data_path = Path(data_path)
         self.catalog_path = self.data_path / "catalog.db"
-        self._settings = settings
+        self._config = config
         self._roots = roots
         self._retry_delays = retry_delays
         self._clock = clock
@@ -100,22 +114,29 @@ class NodeService:
         self._push_lock = threading.Lock()  # one push or heartbeat at a time
         self._state_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # the background thread looks at what is due now
+        self._changed = threading.Event()  # the watcher saw a change: re-scan
+        self._watcher: FolderWatcher | None = None
+        self._watched: tuple[str, ...] = ()
+        self._clients_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._tab_scan: threading.Thread | None = None  # the tab's scan, then its push
         self._tab_scanned = threading.Event()  # set once the tab's scan has read the files
         self._tab_scanned.set()
         self._counts_thread: threading.Thread | None = None
-        self._clients: dict[str, tuple[tuple[str, str, str], ServerClient]] = {}
+        self._clients: dict[str, tuple[tuple[str, str, str], NodeClient]] = {}
         self._pending: Inventory | None = None  # the inventory still to be pushed
+        self._taken_digest: str | None = None  # of the last inventory the server took
         self.schedule = Schedule()
         self.scan_state = ScanState()
         self.push_status = PushStatus()
         self.pushes_taken = 0  # pushes the server took so far
         self.fleet: dict[str, int] | None = None  # the last fleet counts read (None: none, or no server)
         self.fleet_read_at = -1  # pushes_taken when that read started
+        self.transfers = TransferRunner(config, roots, self._client_for, self._add_received)
 
-    def settings(self) -> NodeSettings:
-        return self._settings()
+    def config(self) -> NodeConfig:
+        return self._config()
 
     # scanning: the tab's button
 
@@ -140,15 +161,17 @@ class NodeService:
         """Whether the push that follows the tab's last scan is still to end."""
         return self._tab_scan is not None and self._tab_scan.is_alive()
 
-    def scan_and_push(self, calculate_hashes: bool, scanned: Callable[[], None] | None = None) -> ScanReport | None:
-        """Scan the host's roots now, then push the inventory when a server is set. The scan state shows progress
-        meanwhile and the report as soon as the files are read (`scanned` is called then), before the push.
-        None when the scan failed (its error is in the state)."""
+    def scan_and_push(self, calculate_hashes: bool, scanned: Callable[[], None] | None = None, *,
+                      push_unchanged: bool = True, prepare: Callable[[Any], None] | None = None) -> ScanReport | None:
+        """Scan the roots now, then push the inventory when a server is set (unless `push_unchanged` is False and
+        the server took this very inventory last). The scan state shows progress meanwhile and the report as soon
+        as the files are read (`scanned` is called then), before the push. `prepare(catalog)` runs first, under the
+        scan lock. None when the scan failed (its error is in the state)."""
         try:
             with self._scan_lock:
-                report = self._scan(calculate_hashes)
+                report = self._scan(calculate_hashes, prepare)
                 if report is not None:
-                    self._offer(report.inventory, self._clock())
+                    self._offer(report.inventory, self._clock(), push_unchanged)
                 self.scan_state = ScanState(calculate_hashes=calculate_hashes, progress=self.scan_state.progress,
                                             report=report, error=self.scan_state.error)
         finally:
@@ -158,23 +181,25 @@ class NodeService:
             self.push_pending()
         return report
 
-    def _scan(self, calculate_hashes: bool) -> ScanReport | None:
-        settings = self._settings()
+    def _scan(self, calculate_hashes: bool, prepare: Callable[[Any], None] | None = None) -> ScanReport | None:
+        config = self._config()
         self.scan_state = ScanState(running=True, calculate_hashes=calculate_hashes)
         try:
             self.data_path.mkdir(parents=True, exist_ok=True)
             db = open_catalog(self.catalog_path)
             try:
                 migrate(db)
+                if prepare is not None:
+                    prepare(db)
                 return scan(
-                    self._roots(settings.extra_root_list),
+                    self._roots(),
                     db,
-                    settings.effective_node_id,
+                    config.node_id,
                     calculate_hashes=calculate_hashes,
-                    max_hash_size=settings.max_hash_size_mb * MB or DEFAULT_MAX_HASH_SIZE,
+                    max_hash_size=config.max_hash_size,
                     progress=self._on_progress,
-                    display_name=settings.display_name or None,
-                    api_url=settings.api_url or None,
+                    display_name=config.display_name,
+                    api_url=config.api_url,
                 )
             finally:
                 db.close()
@@ -188,23 +213,31 @@ class NodeService:
 
     # pushing
 
-    def _client_for(self, settings: NodeSettings, purpose: str = "push") -> ServerClient:
-        """One client per purpose (the fleet counts are read beside a push, on a session of their own)."""
-        key = (settings.server.url, settings.effective_node_id, settings.token.strip())
-        known = self._clients.get(purpose)
-        if known is None or known[0] != key:
-            credentials = NodeCredentials.load(self.data_path, key[1], key[2] or None)
-            client = ServerClient(key[0], credentials, timeout=self.timeouts.push, connect_timeout=self.timeouts.connect,
-                                  retries=0)  # the service's own back-off retries
-            known = self._clients[purpose] = (key, client)
+    def _client_for(self, config: NodeConfig, purpose: str = "push") -> NodeClient:
+        """One client per purpose (the fleet counts are read beside a push, the orders beside both: each on a
+        session of its own)."""
+        key = (config.server_url, config.node_id, (config.token or "").strip())
+        with self._clients_lock:
+            known = self._clients.get(purpose)
+            if known is None or known[0] != key:
+                credentials = NodeCredentials.load(self.data_path, key[1], key[2] or None)
+                client = NodeClient(key[0], credentials, timeout=self.timeouts.push, connect_timeout=self.timeouts.connect,
+                                    retries=0)  # the service's own back-off retries
+                known = self._clients[purpose] = (key, client)
+        known[1].files_url = config.files_url
         return known[1]
 
-    def _offer(self, inventory: Inventory | None, now: float) -> None:
-        """A fresh inventory replaces any older one waiting, and is pushed at once."""
-        if inventory is not None and self._settings().server.url:
-            with self._state_lock:
-                self._pending = inventory
-                self.schedule.push_at = now
+    def _offer(self, inventory: Inventory | None, now: float, push_unchanged: bool = True) -> None:
+        """A fresh inventory replaces any older one waiting, and is pushed at once (unless it is the one the server
+        took last and nothing waits: then nothing is pushed, when `push_unchanged` is False)."""
+        if inventory is None or not self._config().server_url:
+            return
+        with self._state_lock:
+            if not push_unchanged and self._pending is None and inventory_digest(inventory) == self._taken_digest:
+                log.info("modelsync re-scan: nothing changed since the last push, nothing to push")
+                return
+            self._pending = inventory
+            self.schedule.push_at = now
 
     @property
     def push_waiting(self) -> bool:
@@ -229,7 +262,7 @@ class NodeService:
                     self.schedule.push_at = None
             self.schedule.failures = 0
             self.push_status.next_retry = None
-            heartbeat = self._settings().heartbeat_seconds
+            heartbeat = self._config().heartbeat_seconds
             self.schedule.heartbeat_at = now + heartbeat if heartbeat > 0 else None
             return True
         self.schedule.failures += 1
@@ -241,10 +274,10 @@ class NodeService:
     def push(self, inventory: Inventory) -> bool:
         """One push (no retry); True when the server took it. Then writes the previews the server offers for
         models that have none here, and sends the local previews the server asks for."""
-        settings = self._settings()
-        if not settings.server.url:
+        config = self._config()
+        if not config.server_url:
             return False
-        client = self._client_for(settings)
+        client = self._client_for(config)
         status = self.push_status
         status.attempts += 1
         status.pushing = True
@@ -253,20 +286,21 @@ class NodeService:
             status.contact, status.last_push, status.answer, status.error = ANSWERED, time.time(), answer, None
             status.previews_written = client.save_previews(inventory, answer)
             status.previews_sent = send_previews(client, inventory, answer)
+            self._taken_digest = inventory_digest(inventory)
             self.pushes_taken += 1
             return True
         except PushError as exc:
             self._failed(exc)
-            log.warning("modelsync push to %s failed: %s", settings.server.url, exc)
+            log.warning("modelsync push to %s failed: %s", config.server_url, exc)
             return False
         finally:
             status.pushing = False
 
     def heartbeat(self) -> bool:
         """Tell the central server this node is alive; True when it answered."""
-        settings = self._settings()
+        config = self._config()
         try:
-            self._client_for(settings).heartbeat(settings.display_name or None, settings.api_url or None)
+            self._client_for(config).heartbeat(config.display_name, config.api_url)
         except PushError as exc:
             self._failed(exc)
             return False
@@ -286,11 +320,11 @@ class NodeService:
 
     def fleet_counts(self) -> dict[str, int] | None:
         """SHA256 -> how many fleet nodes hold it, for this node's models; None without a reachable server."""
-        settings = self._settings()
-        if not settings.server.url:
+        config = self._config()
+        if not config.server_url:
             return None
         try:
-            counts = self._client_for(settings, "counts").node_counts(settings.effective_node_id, timeout=self.timeouts.counts)
+            counts = self._client_for(config, "counts").node_counts(config.node_id, timeout=self.timeouts.counts)
         except PushError as exc:
             self._failed(exc)
             log.warning("modelsync could not read the fleet counts: %s", exc)
@@ -323,8 +357,8 @@ class NodeService:
     # the background thread: start-up sync, push retries, heartbeats, re-scans
 
     def start_background(self, initial_sync: bool = True) -> threading.Thread:
-        """A daemon thread that scans and pushes once (when `initial_sync`), then runs `tick` until `stop()`.
-        Started once; later calls return the running thread."""
+        """A daemon thread that scans and pushes once (when `initial_sync`), then runs `tick` until `stop()`; the
+        transfer loop beside it. Started once; later calls return the running thread."""
         with self._state_lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._background, args=(initial_sync,), name="modelsync-background", daemon=True)
@@ -333,50 +367,91 @@ class NodeService:
 
     def _background(self, initial_sync: bool) -> None:
         if initial_sync:  # the start-up sync always runs: stop() waits for it
-            self.scan_and_push(self._settings().hash_new_files)
+            self.scan_and_push(self._config().hash_new_files)
+        if not self._stop.is_set():
+            self.transfers.start()
         while not self._stop.is_set():
             try:
+                self._follow_watch_settings()
                 delay = self.tick()
             except Exception:  # the thread must outlive one bad round
                 log.exception("modelsync background round failed")
                 delay = IDLE_SECONDS
-            if self._stop.wait(delay):
-                return
+            self._wake.wait(delay)
+            self._wake.clear()
+        self._stop_watching()
+
+    # watching the model folders
+
+    def _follow_watch_settings(self) -> None:
+        """Watch the roots' folders while watching is on; a changed set of folders gets a new watcher."""
+        folders = tuple(sorted({root.path for root in self._roots()})) if self._config().watch else ()
+        if folders == self._watched:
+            return
+        self._stop_watching()
+        self._watched = folders
+        if folders:
+            self._watcher = FolderWatcher(folders, self.request_rescan)
+            self._watcher.start()
+
+    def _stop_watching(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+        self._watched = ()
+
+    def request_rescan(self, paths: Iterable[str] = ()) -> None:
+        """A re-scan soon (the background thread's next round): the watcher saw changes, or a file served changed."""
+        log.debug("modelsync: re-scanning (%s)", ", ".join(sorted(paths)[:3]) or "asked")
+        self._changed.set()
+        self._wake.set()
+
+    # a received file
+
+    def _add_received(self, root: Root, received: Received) -> None:
+        """Into the catalog with the receiver's hashes (nothing is read again but the header), then pushed."""
+        config = self._config()
+        self.scan_and_push(config.hash_new_files, push_unchanged=False,
+                           prepare=lambda db: record_received(db, config.node_id, root, received))
 
     def tick(self) -> float:
         """Do what is due now (service clock): a re-scan, a push retry, a heartbeat; return the seconds until the
         next thing is due. Settings are read each time, so changes apply without a restart."""
         now = self._clock()
-        settings = self._settings()
+        config = self._config()
         plan = self.schedule
-        rescan = settings.rescan_minutes * 60
+        rescan = config.rescan_seconds
         if rescan <= 0:
             plan.scan_at = None
         elif plan.scan_at is None or plan.scan_at > now + rescan:
             plan.scan_at = now + rescan
-        server = bool(settings.server.url)
-        if not server or settings.heartbeat_seconds <= 0 or self._pending is not None:
+        server = bool(config.server_url)
+        if not server or config.heartbeat_seconds <= 0 or self._pending is not None:
             plan.heartbeat_at = None  # while a push waits, its retries tell whether the server is back
         elif plan.heartbeat_at is None:
-            plan.heartbeat_at = now + settings.heartbeat_seconds
+            plan.heartbeat_at = now + config.heartbeat_seconds
 
-        if plan.scan_at is not None and now >= plan.scan_at:
-            plan.scan_at = now + rescan
-            self.scan_and_push(settings.hash_new_files)
+        if self._changed.is_set() or (plan.scan_at is not None and now >= plan.scan_at):
+            self._changed.clear()
+            plan.scan_at = now + rescan if rescan > 0 else None
+            self.scan_and_push(config.hash_new_files, push_unchanged=False)
         elif self._pending is not None and plan.push_at is not None and now >= plan.push_at:
             with self._push_lock:
                 if self._pending is not None:
                     self._push_pending(now)
         elif plan.heartbeat_at is not None and now >= plan.heartbeat_at:
-            plan.heartbeat_at = now + settings.heartbeat_seconds
+            plan.heartbeat_at = now + config.heartbeat_seconds
             with self._push_lock:
                 self.heartbeat()
         due = [t for t in (plan.scan_at, plan.push_at if self._pending is not None else None, plan.heartbeat_at) if t is not None]
         return max(0.0, min([*due, now + IDLE_SECONDS]) - now)
 
     def stop(self, timeout: float | None = None) -> None:
-        """End the background thread (at once if it is waiting; after the current round otherwise)."""
+        """End the background thread (at once if it is waiting; after the current round otherwise) and the
+        transfers under way (left resumable)."""
         self._stop.set()
+        self._wake.set()
+        self.transfers.stop(timeout)
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
@@ -386,14 +461,14 @@ class NodeService:
         """What the tab says about the central server, in sentences: the state of the last contact, what went
         wrong and what to do, the waiting push and when it is tried again (never a time already past)."""
         now = time.time() if now is None else now
-        server = self._settings().server
-        if not server.url:
-            return _sentences(f"No usable central server: {server.note}") if server.note else \
+        config = self._config()
+        if not config.server_url:
+            return _sentences(f"No usable central server: {config.server_note}") if config.server_note else \
                 "No central server configured: local scan only."
         status = self.push_status
         head = {NOT_CONTACTED: "not contacted yet", ANSWERED: "reachable", NO_ANSWER: "unreachable",
                 REFUSED: "answered with an error"}[status.contact]
-        sentences = [f"Central server {server.url}: {head}", server.note, status.error]
+        sentences = [f"Central server {config.server_url}: {head}", config.server_note, status.error]
         if status.pushing:
             sentences.append("Pushing the inventory now")
         elif self._pending is not None and status.next_retry is not None:

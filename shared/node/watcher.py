@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from ..discovery import PREVIEW_SUFFIX, SIDECAR_SUFFIXES
 from ..records import MODEL_EXTENSIONS

@@ -1,0 +1,246 @@
+"""The node's transfer loop: a long-poll for orders (its own thread, with back-off while the central server is
+down), at most `max_transfers` transfers at a time, each trying the order's sources in turn through the receiver,
+progress reported about once a second, and the outcome reported.
+
+A transfer goes to the first available root of its role with room for it; an unavailable root (an unmounted share)
+is never used. A clean stop cancels the transfers under way without reporting them: their temp files stay, the
+server still has them running, and the next start is handed them again and resumes from the temp files. Our temp
+files that no order wants any more (a crash) are removed once the server has told which transfers stand."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..push_client import PushError
+from ..records import Root
+from ..transfer.destination import safe_relative_name
+from ..transfer.failures import TransferFailed
+from ..transfer.partfiles import part_name, remove_orphaned_parts
+from ..transfer.peer_source import PeerSource
+from ..transfer.receiver import Progress, Received, ReceiveOptions, receive
+from .client import MAX_WAIT_SECONDS, NodeClient, TransferOrder
+from .config import NodeConfig
+
+log = logging.getLogger(__name__)
+
+ORDER_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # after the 1st, 2nd, ... failed long-poll in a row
+IDLE_SECONDS = 5.0  # transfers off or no server: the settings are read again after this long
+MIN_POLL_SECONDS = 1.0  # a server that answers "nothing" at once is not asked again sooner
+PROGRESS_SECONDS = 1.0
+SOURCE_FAILURES = frozenset({"source_gone", "changed", "not_allowed", "hash_mismatch", "too_long"})
+FINISHED = ("done", "failed", "cancelled")
+
+
+def choose_root(roots: list[Root], role: str | None, size: int, floor: int) -> Root:
+    """The first available root of the role with room for `size` bytes above the floor."""
+    mine = [root for root in roots if role is not None and root.role == role]
+    if not mine:
+        raise TransferFailed("root_unavailable", f"this node has no folder for {role or 'files without a role'}")
+    available = [root for root in mine if os.path.isdir(root.path)]
+    if not available:
+        raise TransferFailed("root_unavailable", "no folder for " + role + " is available now (" +
+                             ", ".join(root.path for root in mine) + "): an unmounted share?")
+    for root in available:
+        if shutil.disk_usage(root.path).free >= size + floor:
+            return root
+    raise TransferFailed("disk_full", f"no folder for {role} has {size} bytes free above the floor of {floor}")
+
+
+@dataclass
+class Running:
+    order: TransferOrder
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    progress: Progress | None = None
+    source_id: str | None = None
+    cancelled_by_server: bool = False
+
+
+class TransferRunner:
+    def __init__(self, config: Callable[[], NodeConfig], roots: Callable[[], list[Root]],
+                 client: Callable[[NodeConfig, str], NodeClient], received: Callable[[Root, Received], None],
+                 retry_delays: tuple[float, ...] = ORDER_RETRY_SECONDS, wait_seconds: float = MAX_WAIT_SECONDS):
+        self._config = config
+        self._roots = roots
+        self._client = client  # (config, purpose) -> a client of its own per purpose
+        self._received = received  # the file is in place: into the catalog, pushed
+        self._retry_delays = retry_delays
+        self._wait_seconds = wait_seconds
+        self._lock = threading.Lock()
+        self._report_lock = threading.Lock()  # one progress client, shared by the transfers
+        self._stop = threading.Event()
+        self._slot_free = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.running: dict[int, Running] = {}
+        self.orphans_removed: list[str] | None = None  # None until the first answer about orders
+        self.failures = 0  # long-polls failed in a row
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="modelsync-orders", daemon=True)
+                self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Cancel the transfers under way (their temp files stay, for a resume) and wait for them to end."""
+        self._stop.set()
+        self._slot_free.set()
+        with self._lock:
+            running = list(self.running.values())
+        for transfer in running:
+            transfer.cancel.set()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for transfer in running:
+            if transfer.thread is not None:
+                transfer.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    # the long-poll
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self._round()
+            except Exception:  # the thread must outlive one bad round
+                log.exception("modelsync transfer orders round failed")
+                delay = IDLE_SECONDS
+            if delay and self._stop.wait(delay):
+                return
+
+    def _round(self) -> float:
+        config = self._config()
+        if not config.receive or not config.server_url:
+            return IDLE_SECONDS
+        with self._lock:
+            free = config.max_transfers - len(self.running)
+            running_ids = list(self.running)
+            self._slot_free.clear()
+        if free <= 0:
+            self._slot_free.wait(IDLE_SECONDS)
+            return 0
+        wait = 0 if self.orphans_removed is None else self._wait_seconds
+        asked = time.monotonic()
+        try:
+            orders = self._client(config, "orders").orders(wait, running_ids)
+        except PushError as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            delay = self._retry_delays[min(self.failures, len(self._retry_delays)) - 1]
+            log.log(logging.WARNING if self.failures == 1 else logging.DEBUG,
+                    "modelsync cannot read its transfer orders (%s); trying again in %g s", exc, delay)
+            return delay
+        if self.failures:
+            log.info("modelsync reads its transfer orders again")
+        self.failures, self.last_error = 0, None
+        if self._stop.is_set():
+            return 0
+        if self.orphans_removed is None:
+            keep = {order.sha256 for order in orders} | {t.order.sha256 for t in self.running.values()}
+            self.orphans_removed = remove_orphaned_parts([root.path for root in self._roots()], keep)
+        for order in orders[:free]:
+            self._start(order)
+        return 0 if orders or time.monotonic() - asked >= MIN_POLL_SECONDS else MIN_POLL_SECONDS
+
+    def _start(self, order: TransferOrder) -> None:
+        transfer = Running(order)
+        with self._lock:
+            if order.transfer_id in self.running:
+                return
+            self.running[order.transfer_id] = transfer
+        transfer.thread = threading.Thread(target=self._run, args=(transfer,), name=f"modelsync-transfer-{order.transfer_id}",
+                                           daemon=True)
+        transfer.thread.start()
+
+    # one transfer
+
+    def _run(self, transfer: Running) -> None:
+        try:
+            self._transfer(transfer)
+        except Exception:
+            log.exception("modelsync transfer %d failed unexpectedly", transfer.order.transfer_id)
+        finally:
+            with self._lock:
+                self.running.pop(transfer.order.transfer_id, None)
+            self._slot_free.set()
+
+    def _transfer(self, transfer: Running) -> None:
+        order, config = transfer.order, self._config()
+        try:
+            root = choose_root(self._roots(), order.role, order.size, config.free_floor_bytes)
+        except TransferFailed as failed:
+            self._report(transfer, "failed", reason=failed.reason, error=failed.message)
+            return
+        options = ReceiveOptions(floor_bytes=config.free_floor_bytes, bandwidth_bps=config.bandwidth_bps or None,
+                                 progress_interval_seconds=PROGRESS_SECONDS)
+        for source in order.sources:
+            transfer.source_id = source.server_id
+            peer = PeerSource(source.base_url, order.sha256, order.size, config.node_id, source.grant)
+            log.info("transfer %d: %s from %s into %s", order.transfer_id, order.rel_name, source.server_id, root.path)
+            try:
+                received = receive(peer, root.path, order.rel_name, options=options,
+                                   progress=lambda p: self._progress(transfer, p), cancel=transfer.cancel)
+            except TransferFailed as failed:
+                if failed.reason == "cancelled":
+                    self._cancelled(transfer, root)
+                    return
+                log.warning("transfer %d from %s failed: %s (%s)", order.transfer_id, source.server_id, failed.reason,
+                            failed.message)
+                answer = self._report(transfer, "failed", reason=failed.reason, error=failed.message,
+                                     source_server_id=source.server_id)
+                if failed.reason in SOURCE_FAILURES and (answer is None or answer.get("state") not in FINISHED):
+                    continue  # the next source of this order, with its own grant
+                return
+            finally:
+                peer.session.close()
+            if received.renamed:
+                log.warning("transfer %d: %s holds another file; the copy is %s", order.transfer_id, received.wanted_name,
+                            received.rel_name)
+            self._received(root, received)
+            self._report(transfer, "done", bytes_done=order.size, dest_path=received.path, source_server_id=source.server_id)
+            return
+        if not order.sources:
+            log.info("transfer %d: the order names no source now; the server hands it out again when one is back",
+                     order.transfer_id)
+
+    def _cancelled(self, transfer: Running, root: Root) -> None:
+        """Stopped by this node's stop (the temp file stays for a resume) or by the server's cancel (removed)."""
+        if not transfer.cancelled_by_server:
+            log.info("transfer %d stopped; it resumes from its temp file", transfer.order.transfer_id)
+            return
+        order = transfer.order
+        temp = os.path.join(os.path.dirname(os.path.join(root.path, safe_relative_name(order.rel_name))),
+                            part_name(order.sha256))
+        try:
+            os.remove(temp)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("could not remove the temp file %s of cancelled transfer %d: %s", temp, order.transfer_id, exc)
+        log.info("transfer %d was cancelled on the central server", order.transfer_id)
+
+    def _progress(self, transfer: Running, progress: Progress) -> None:
+        """Called by the receiver at most once per PROGRESS_SECONDS; a cancel in the answer stops the transfer."""
+        transfer.progress = progress
+        answer = self._report(transfer, "running", bytes_done=progress.bytes_done, size=progress.size,
+                              speed_bps=round(progress.speed_bps, 1),
+                              eta_seconds=None if progress.eta_seconds is None else round(progress.eta_seconds, 1),
+                              source_server_id=transfer.source_id)
+        if answer is not None and answer.get("state") in FINISHED:
+            transfer.cancelled_by_server = True
+            transfer.cancel.set()
+
+    def _report(self, transfer: Running, state: str, **fields) -> dict | None:
+        """The server's answer; None when it could not be told (it hands the transfer out again later)."""
+        fields.setdefault("bytes_done", transfer.progress.bytes_done if transfer.progress else 0)
+        try:
+            with self._report_lock:
+                return self._client(self._config(), "progress").report(transfer.order.transfer_id, state, **fields)
+        except PushError as exc:
+            log.log(logging.WARNING if state in FINISHED else logging.DEBUG,
+                    "modelsync could not report transfer %d as %s: %s", transfer.order.transfer_id, state, exc)
+            return None
