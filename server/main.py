@@ -63,6 +63,17 @@ def _check_registry(config: ServerConfig) -> None:
                          f"({config.backups_path})")
 
 
+class _Server(uvicorn.Server):
+    """On SIGINT/SIGTERM the nodes' long-polls for orders are answered at once: uvicorn waits for open requests
+    before it stops, and a long-poll may otherwise hold it for 30 s."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        ctx = getattr(self.config.app.state, "modelsync", None)
+        if ctx is not None:
+            ctx.signals.close()
+        super().handle_exit(sig, frame)
+
+
 def run(host: str = "127.0.0.1", port: int = 8188, config: ServerConfig | None = None) -> None:
     root = logging.getLogger()
     if not root.handlers:
@@ -75,7 +86,7 @@ def run(host: str = "127.0.0.1", port: int = 8188, config: ServerConfig | None =
         # Everything loaded so far lives as long as the process: keep it out of the collector's full passes, which
         # otherwise stall a request for tens of milliseconds now and then (the job checks' p99).
         gc.freeze()
-        uvicorn.Server(uvicorn.Config(app, **UVICORN_OPTIONS)).run(sockets=[sock])
+        _Server(uvicorn.Config(app, **UVICORN_OPTIONS)).run(sockets=[sock])
     finally:
         sock.close()
 

@@ -19,6 +19,15 @@ class OrderSignals:
         self._node_versions: dict[str, int] = {}
         self._holders_version = 0
         self._waiters: dict[str, set[Callable[[], None]]] = {}
+        self._closed = False  # the server is stopping: every wait ends at once
+
+    def close(self) -> None:
+        """End every long-poll now (their answers go out before the server stops) and any later one at once."""
+        with self._lock:
+            self._closed = True
+            wakers = [wake for waiting in self._waiters.values() for wake in waiting]
+        for wake in wakers:
+            wake()
 
     def _version(self, server_id: str) -> int:
         return self._holders_version + self._node_versions.get(server_id, 0)
@@ -42,7 +51,8 @@ class OrderSignals:
             wake()
 
     async def wait(self, server_id: str, since: int, timeout: float) -> bool:
-        """True as soon as something changed for the node since version `since`; False after `timeout` seconds."""
+        """True as soon as something changed for the node since version `since`; False after `timeout` seconds, or
+        once the server is stopping."""
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
 
@@ -53,12 +63,14 @@ class OrderSignals:
                 pass
 
         with self._lock:
+            if self._closed:
+                return False
             if self._version(server_id) != since:
                 return True
             self._waiters.setdefault(server_id, set()).add(wake)
         try:
             await asyncio.wait_for(event.wait(), timeout)
-            return True
+            return not self._closed
         except asyncio.TimeoutError:
             return False
         finally:
