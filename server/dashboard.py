@@ -6,6 +6,7 @@ inline scripts or styles (`security_headers`).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Awaitable, Callable, ClassVar
 from urllib.parse import urlencode
@@ -30,6 +31,9 @@ from . import dashboard_queries, queries
 from .context import context
 from .errors import ApiError
 from .registry import RowIdConvertor  # noqa: F401  (registers {id:rowid}, used by ROUTES)
+from .transfers import ACTIVE_STATES as TRANSFER_ACTIVE_STATES
+from .transfers import STATES as TRANSFER_STATES
+from .transfers.params import node_id
 
 HERE = Path(__file__).parent
 CONTENT_SECURITY_POLICY = (
@@ -58,10 +62,29 @@ def time_tag(moment: str | None, empty: str = "never") -> Markup:
     return Markup('<time datetime="{0}" title="{0} UTC">{0}</time>').format(moment)
 
 
+def human_duration(seconds: float | None) -> str:
+    """A transfer's ETA: 42 -> "42 s", 125 -> "2 min 5 s", 7260 -> "2 h 1 min"; "" when unknown.
+    transfers.js writes the same words while the page refreshes itself."""
+    if seconds is None:
+        return ""
+    whole = math.floor(seconds + 0.5)  # as JavaScript's Math.round
+    if whole < 60:
+        return f"{whole} s"
+    if whole < 3600:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole // 3600} h {whole % 3600 // 60} min"
+
+
+def human_speed(bytes_per_second: float | None) -> str:
+    return "" if bytes_per_second is None else human_size(math.floor(bytes_per_second + 0.5)) + "/s"
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["size"] = human_size
     env.filters["when"] = time_tag
+    env.filters["duration"] = human_duration
+    env.filters["speed"] = human_speed
     return env
 
 
@@ -120,11 +143,14 @@ def models_page(request: Request) -> Response:
 @_page
 def model_page(request: Request) -> Response:
     ctx = context(request)
-    info = queries.model_info(ctx.registry.db(), ctx.liveness, request.path_params["id"])
+    db = ctx.registry.db()
+    with read_snapshot(db):  # the nodes offered for a copy are those that do not hold the model shown
+        info = queries.model_info(db, ctx.liveness, request.path_params["id"])
+        copy_targets = dashboard_queries.copy_targets(db, ctx.liveness, {s["server_id"] for s in info["servers"]})
     metadata = [(name, info[name], info["field_sources"].get(name)) for name in METADATA_FIELDS if info.get(name) is not None]
     return _render(
         request, "model.html", title=info["name"] or info["filename"] or info["sha256"][:10], nav="models", m=info,
-        metadata=metadata, types=MODEL_TYPES, bases=BASES, civitai_site=CIVITAI_SITE,
+        metadata=metadata, types=MODEL_TYPES, bases=BASES, civitai_site=CIVITAI_SITE, copy_targets=copy_targets,
     )
 
 
@@ -184,6 +210,21 @@ def overrides_page(request: Request) -> Response:
     return _render(request, "overrides.html", title="Overrides", nav="overrides", models=models)
 
 
+@_page
+def transfers_page(request: Request) -> Response:
+    db = context(request).registry.db()
+    server = request.query_params.get("server") or None
+    state = request.query_params.get("state") or None
+    if server is not None:
+        node_id(server, "server")
+    with read_snapshot(db):
+        listing = dashboard_queries.transfers_page(db, server, state, _page_number(request))
+        nodes = dashboard_queries.node_choices(db)
+    return _render(request, "transfers.html", title="Transfers", nav="transfers", listing=listing, nodes=nodes,
+                   server=server or "", state=state or "", states=TRANSFER_STATES, active_states=TRANSFER_ACTIVE_STATES,
+                   page_size=dashboard_queries.TRANSFERS_PAGE_SIZE)
+
+
 def to_dashboard(request: Request) -> RedirectResponse:
     return RedirectResponse("/dashboard/models", status_code=302)
 
@@ -232,5 +273,6 @@ ROUTES: list[BaseRoute] = [
     Route("/dashboard/wanted", wanted_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/jobs", jobs_page, methods=["GET"], include_in_schema=False),
     Route("/dashboard/overrides", overrides_page, methods=["GET"], include_in_schema=False),
+    Route("/dashboard/transfers", transfers_page, methods=["GET"], include_in_schema=False),
     Mount("/dashboard/static", StaticFiles(directory=HERE / "static"), name="static"),
 ]

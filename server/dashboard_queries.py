@@ -1,4 +1,5 @@
-"""Read-side queries only the dashboard needs: who holds a page of models, the models x nodes matrix, the overrides.
+"""Read-side queries only the dashboard needs: who holds a page of models, the models x nodes matrix, the overrides,
+the transfers with their models' names and where a model may be copied to.
 
 Every query is bounded by a page: the registry may hold 50,000 models on 100 nodes.
 """
@@ -10,9 +11,10 @@ from typing import Any
 
 import sqlite_utils
 
-from modelsync.shared.catalog import placeholders
+from modelsync.shared.catalog import placeholders, read_snapshot
 from modelsync.shared.records import LORA_TYPES, MODEL_TYPES
 
+from . import transfers
 from .errors import ApiError
 from .queries import Liveness, list_servers
 
@@ -168,3 +170,37 @@ def unhashed_files(db: sqlite_utils.Database, server: str | None, page: int) -> 
 def unhashed_count(db: sqlite_utils.Database, server: str | None) -> int:
     sql = "SELECT COUNT(*) FROM model_server_availability WHERE model_id IS NULL"
     return db.conn.execute(sql + (" AND server_id = ?" if server else ""), [server] if server else []).fetchone()[0]
+
+
+TRANSFERS_PAGE_SIZE = 50
+
+
+@dataclass
+class TransfersPage:
+    """One page of transfers as the API lists them (`GET /api/v1/transfers`), each with its model's label."""
+
+    transfers: list[dict[str, Any]]  # the API's transfer, plus "model": {label, autov2} or None
+    total: int
+    page: int
+    pages: int
+
+
+def transfers_page(db: sqlite_utils.Database, server: str | None, state: str | None, page: int) -> TransfersPage:
+    with read_snapshot(db):
+        listed = transfers.list_transfers(db, server_id=server, state=state, limit=TRANSFERS_PAGE_SIZE,
+                                          offset=(page - 1) * TRANSFERS_PAGE_SIZE)
+        model_ids = sorted({t.model_id for t in listed.transfers if t.model_id is not None})
+        labels = {
+            model_id: {"label": label, "autov2": autov2}
+            for model_id, label, autov2 in db.conn.execute(
+                f"""SELECT id, COALESCE(name, filename, hash_autov2), hash_autov2 FROM models
+                    WHERE id IN ({placeholders(model_ids)})""", model_ids)
+        } if model_ids else {}
+    rows = [{**t.to_dict(), "model": labels.get(t.model_id)} for t in listed.transfers]
+    return TransfersPage(rows, listed.total, page, (listed.total + TRANSFERS_PAGE_SIZE - 1) // TRANSFERS_PAGE_SIZE)
+
+
+def copy_targets(db: sqlite_utils.Database, liveness: Liveness, holders_of_model: set[str]) -> list[str]:
+    """The online nodes a copy of a model may be ordered to: not holding it, and not the server's own node (it
+    runs no agent to receive one)."""
+    return sorted(set(liveness.online_ids(db)) - holders_of_model - {liveness.own_server_id})

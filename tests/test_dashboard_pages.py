@@ -16,7 +16,7 @@ from modelsync.server.dashboard import METADATA_SOURCES
 from modelsync.shared.records import MANUAL_SOURCE, SOURCE_PRIORITY, UNKNOWN_MARK
 
 PAGES = ("/dashboard/models", "/dashboard/nodes", "/dashboard/problems", "/dashboard/unhashed", "/dashboard/wanted",
-         "/dashboard/jobs", "/dashboard/overrides")
+         "/dashboard/jobs", "/dashboard/overrides", "/dashboard/transfers")
 
 
 @dataclass

@@ -35,7 +35,7 @@ def test_the_documented_policy_is_the_one_sent(server):
 
 
 def test_no_page_needs_a_data_image(server):
-    pages = ["/dashboard/models", "/dashboard/nodes", "/dashboard/jobs", "/dashboard/overrides", "/dashboard/problems",
+    pages = ["/dashboard/models", "/dashboard/nodes", "/dashboard/jobs", "/dashboard/overrides", "/dashboard/problems", "/dashboard/transfers",
              "/dashboard/unhashed", "/dashboard/wanted"]
     texts = [server.get(page).text for page in pages]
     assets = {m for text in texts for m in re.findall(r'(?:href|src)="(/dashboard/static/[^"]+)"', text)}

@@ -1,4 +1,5 @@
-// A model's page: the admin's overrides, rejecting a wrong Civitai match, removing a stale file (availability row).
+// A model's page: the admin's overrides, rejecting a wrong Civitai match, removing a stale file (availability row),
+// ordering a copy to another node (the answer, or the server's refusal, with a link to the Transfers page).
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -51,12 +52,38 @@ document.addEventListener("DOMContentLoaded", () => {
     await done("files-message", answer, "Removed " + button.dataset.path + " on " + button.dataset.serverId + ".");
   }
 
+  async function copyToNode(event) {
+    event.preventDefault();
+    const serverId = event.target.elements.server_id.value;
+    const button = document.getElementById("copy-button");
+    button.disabled = true;
+    try {
+      const answer = await ModelSync.api("POST", "/api/v1/transfers", { server_id: serverId, model_id: Number(modelId) }, true);
+      const message = document.getElementById("copy-message");
+      if (!answer.ok) {
+        ModelSync.say(message, "Copy to " + serverId + " refused: " + answer.error, "error");
+        return;
+      }
+      const t = answer.data;
+      const what = answer.status === 201 ? "Transfer " + t.id + " to " + t.server_id + " ordered: " + t.state + ". "
+        : "A transfer of this model to " + t.server_id + " stands already: transfer " + t.id + ", " + t.state +
+          (t.reason ? " (" + t.reason + ")" : "") + ". ";
+      ModelSync.say(message, what, "success");
+      message.append(ModelSync.el("a", { id: "copy-transfers-link", text: "See it on the Transfers page",
+        href: "/dashboard/transfers?server=" + encodeURIComponent(t.server_id) }));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function bind() {
     const form = document.getElementById("override-form");
     if (form) form.addEventListener("submit", saveOverrides);
     const reject = document.getElementById("reject-civitai");
     if (reject) reject.addEventListener("click", rejectMatch);
     document.querySelectorAll(".remove-file").forEach((b) => b.addEventListener("click", removeFile));
+    const copy = document.getElementById("copy-form");
+    if (copy) copy.addEventListener("submit", copyToNode);
   }
 
   bind();
