@@ -132,10 +132,12 @@ class _Run:
         self.source, self.addnet, self.options, self.progress, self.cancel = source, addnet, options, progress, cancel
         self.hasher = StreamHasher(addnet)
         self.fetched = 0
+        self.kept = 0  # bytes on disk from an earlier attempt: progress never reports less while they are re-hashed
         self.started = time.monotonic()
         self.reported = 0.0
 
     def fetch(self, temp: str, kept: int) -> FileHashes:
+        self.kept = kept
         with open(temp, "r+b" if kept else "w+b") as f:
             try:
                 self._rehash(f, kept)
@@ -179,6 +181,7 @@ class _Run:
             if opened.start != self.hasher.position:  # the source starts over: so do we
                 self.hasher.close()
                 self.hasher = StreamHasher(self.addnet)
+                self.kept = 0
                 f.seek(0)
                 f.truncate()
             for block in opened.chunks:
@@ -227,5 +230,6 @@ class _Run:
         self.reported = now
         elapsed = now - self.started
         speed = self.fetched / elapsed if elapsed > 0 else 0.0
-        left = self.source.size - self.hasher.position
-        self.progress(Progress(self.hasher.position, self.source.size, speed, left / speed if speed > 0 else None))
+        done = max(self.hasher.position, self.kept)
+        left = self.source.size - done
+        self.progress(Progress(done, self.source.size, speed, left / speed if speed > 0 else None))
