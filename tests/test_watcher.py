@@ -75,3 +75,21 @@ def test_a_watcher_that_cannot_watch_says_so_and_stops(tmp_path, monkeypatch, ca
         watcher.stop()
     assert watcher.failure == "OS file watch limit reached" and collector.calls == []
     assert sum("re-scanned on the timer only" in r.message for r in caplog.records) == 1
+
+
+def test_a_file_still_being_written_is_acted_on_once_the_folder_is_quiet(tmp_path):
+    collector = Collector()
+    watcher = FolderWatcher([str(tmp_path)], collector)
+    watcher.start()
+    try:
+        time.sleep(0.5)
+        with open(tmp_path / "big.safetensors", "wb") as f:  # a copy in progress: a write every 0.3 s for 3 s
+            for _ in range(10):
+                f.write(b"x" * 1024)
+                f.flush()
+                time.sleep(0.3)
+                assert not collector.event.is_set()  # never while the writes go on
+        assert wait_until(collector.event)
+    finally:
+        watcher.stop()
+    assert len(collector.calls) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -18,7 +19,8 @@ from ..records import MODEL_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
-DEBOUNCE_MS = 1600
+QUIET_MS = 1500  # changes are acted on once the folders have been quiet this long (a copy in progress is not)
+MAX_GROUP_MS = 30_000  # however busy the folders, a re-scan starts after this long
 NETWORK_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs",
                                   "fuse.rclone", "fuse.s3fs", "fuse.gcsfuse", "ceph", "glusterfs", "fuse.glusterfs"})
 PARTIAL_SUFFIXES = (".part", ".tmp", ".downloading", ".aria2", ".crdownload", ".partial")
@@ -72,13 +74,14 @@ def plan(folders: Iterable[str], mounts: list[tuple[str, str]]) -> WatchPlan:
 
 
 class FolderWatcher:
-    """Calls `on_change(paths)` from its own thread, at most once per debounce window, for relevant changes."""
+    """Calls `on_change(paths)` from its own thread for relevant changes, once the folders have been quiet for
+    `quiet_ms` (at least 1.5 s), or after `MAX_GROUP_MS` of continuous changes."""
 
     def __init__(self, folders: Iterable[str], on_change: Callable[[set[str]], None], *,
-                 debounce_ms: int = DEBOUNCE_MS, mounts_file: str = "/proc/mounts"):
+                 quiet_ms: int = QUIET_MS, mounts_file: str = "/proc/mounts"):
         self.plan = plan(folders, read_mounts(mounts_file))
         self.on_change = on_change
-        self.debounce_ms = max(debounce_ms, 1500)
+        self.quiet_ms = max(quiet_ms, QUIET_MS)
         self.stopped = threading.Event()
         self.failure: str | None = None  # why watching stopped early (the timer goes on)
         self._thread: threading.Thread | None = None
@@ -95,15 +98,38 @@ class FolderWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def _settled(self, paths: set[str]) -> bool:
+        """Wait until the changed files have kept their size and mtime for `quiet_ms` (a copy in progress goes on
+        changing them; watchfiles reports each path once per batch however often it is written), at most
+        MAX_GROUP_MS. False when the watcher is stopped meanwhile."""
+        def state() -> dict[str, tuple[int, int] | None]:
+            found: dict[str, tuple[int, int] | None] = {}
+            for path in paths:
+                try:
+                    st = os.stat(path)
+                    found[path] = (st.st_size, st.st_mtime_ns)
+                except OSError:
+                    found[path] = None
+            return found
+
+        deadline = time.monotonic() + MAX_GROUP_MS / 1000
+        last = state()
+        while not self.stopped.wait(self.quiet_ms / 1000):
+            now = state()
+            if now == last or time.monotonic() > deadline:
+                return True
+            last = now
+        return False
+
     def _run(self) -> None:
         import watchfiles
 
         try:
             for changes in watchfiles.watch(*self.plan.watched, watch_filter=lambda _change, path: is_relevant(path),
-                                            debounce=self.debounce_ms, stop_event=self.stopped, raise_interrupt=False,
+                                            debounce=self.quiet_ms, stop_event=self.stopped, raise_interrupt=False,
                                             rust_timeout=1000, yield_on_timeout=False):
                 paths = {path for _change, path in changes}
-                if paths:
+                if paths and self._settled(paths):
                     self.on_change(paths)
         except (OSError, RuntimeError) as exc:  # e.g. the inotify watch limit: the timed re-scan carries on
             self.failure = str(exc)
