@@ -17,17 +17,32 @@ def host_data_path() -> Path:
     return Path(getattr(paths, "data_path", None) or paths.script_path) / "modelsync"
 
 
+def host_listens_everywhere() -> bool:
+    """Whether other machines reach the host's port: --listen, or a --server-name that is not loopback."""
+    from modules import shared
+
+    options = shared.cmd_opts
+    if getattr(options, "listen", False):
+        return True
+    name = getattr(options, "server_name", None)
+    return bool(name) and name not in ("127.0.0.1", "localhost", "::1")
+
+
 def service() -> NodeService:
     global _service
     if _service is None:
-        _service = NodeService(host_data_path(), read_settings, host_roots)
+        _service = NodeService(host_data_path(), read_settings, host_roots, listens_everywhere=host_listens_everywhere)
     return _service
 
 
 def on_app_started(demo, app) -> None:  # demo is None in API-only mode
-    """Start the background thread: the start-up scan and push (when set), then push retries, heartbeats
-    and re-scans; it returns at once."""
-    service().start_background(initial_sync=read_settings().push_on_startup)
+    """Register the peers' file route on the host's app (answered only while serving to peers is allowed), and
+    start the background thread: the start-up scan and push (when set), then push retries, heartbeats, re-scans
+    and transfers; it returns at once."""
+    node = service()
+    if app is not None:
+        node.register_files_route(app)
+    node.start_background(initial_sync=read_settings().push_on_startup)
 
 
 def on_ui_tabs() -> list[tuple[object, str, str]]:

@@ -62,7 +62,7 @@ class NodeSettings:
     allow_serving: bool = True  # serve this node's files to peers holding a grant
     files_url: str = ""  # where peers fetch this node's files (empty: serve none)
     max_transfers: int = 2
-    bandwidth_mb: float = 0  # MB/s per transfer (0: unlimited)
+    bandwidth_mb: float = 0.0  # MB/s per transfer (0: unlimited); a float default: read_settings casts to its type
     free_floor_gb: float = DEFAULT_FLOOR_BYTES / GB
 
     @property
@@ -117,12 +117,16 @@ OPTIONS: dict[str, tuple[str, str]] = {
 def register_options() -> None:
     """Called from on_ui_settings. The section goes under the "System" category where the host has categories
     (OptionInfo's `category_id`, A1111 1.7+ and Forge); elsewhere it would land under "Uncategorized"."""
+    import gradio as gr
     from modules import shared
 
     defaults = NodeSettings()
     category = {"category_id": CATEGORY} if "category_id" in inspect.signature(shared.OptionInfo).parameters else {}
     for key, (field_name, label) in OPTIONS.items():
-        shared.opts.add_option(key, shared.OptionInfo(getattr(defaults, field_name), label, section=SECTION, **category))
+        default = getattr(defaults, field_name)
+        # the host's Settings tab makes a component for str, int and bool defaults only; a float needs its own
+        component = {"component": gr.Number} if isinstance(default, float) else {}
+        shared.opts.add_option(key, shared.OptionInfo(default, label, section=SECTION, **component, **category))
 
 
 def read_settings() -> NodeSettings:

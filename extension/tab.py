@@ -29,12 +29,17 @@ COLUMN = {name: i for i, name in enumerate(TABLE_HEADERS)}
 UNKNOWN_TYPE = "unknown"  # a file whose bytes say no type
 ALL_TYPES = "All"
 POLL_SECONDS = 0.5
+TRANSFER_HEADERS = ["File", "State", "Progress", "Speed", "ETA", "Source", "Reason"]
+TRANSFERS_POLL_SECONDS = 1.0  # the node reports progress about once a second
+TRANSFERS_FOLLOW_SECONDS = 30 * 60  # the tab follows active transfers this long; Refresh follows again
+ACTIVE_STATES = ("queued", "running", "waiting_source", "verifying")
 IDLE_LABEL = "Scan for New Models"
 # Short cells never wrap; a name wraps only after "_", "-", "." or "/" (<wbr> in its markdown); the state's reason
 # wraps anywhere it must. (A <style> in an HTML component: both gradio versions apply it to the page; a sub-Blocks'
 # css= is ignored.)
 TABLE_CSS = """
-#modelsync_table td, #modelsync_table th { font-family: var(--font) !important; }
+#modelsync_table td, #modelsync_table th, #modelsync_transfers td, #modelsync_transfers th { font-family: var(--font) !important; }
+#modelsync_transfers td:nth-child(n+2):nth-child(-n+6) { white-space: nowrap !important; }
 #modelsync_table td { word-break: normal !important; overflow-wrap: normal !important; hyphens: none !important; }
 #modelsync_table td:nth-child(5) { font-family: var(--font-mono) !important; font-size: 0.9em; }
 #modelsync_table td:nth-child(n+2):nth-child(-n+8) { white-space: nowrap !important; }
@@ -91,6 +96,28 @@ def name_cell(record: FileRecord) -> str:
     if not record.name or record.name in (rel_name, PurePosixPath(rel_name).stem):
         return breakable_markdown(rel_name)
     return f"{breakable_markdown(record.name)}<br><small>{breakable_markdown(rel_name)}</small>"
+
+
+def transfer_row(transfer: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """One of this node's transfers as the tab shows it: what (the file it became; else the name it gets here; else
+    the start of its SHA256), where it stands, how fast, from where, and why not. `names`: SHA256 -> file name."""
+    sha256 = str(transfer.get("sha256") or "")
+    dest = transfer.get("dest_path") or names.get(sha256)
+    name = PurePosixPath(str(dest).replace("\\", "/")).name if dest else sha256[:10]
+    done, size = int(transfer.get("bytes_done") or 0), transfer.get("size")
+    if isinstance(size, int) and size > 0:
+        progress = f"{100 * done / size:.0f}% ({human_size(done)} / {human_size(size)})"
+    else:
+        progress = human_size(done) if done else ""
+    state = str(transfer.get("state") or "")
+    speed, eta = transfer.get("speed_bps"), transfer.get("eta_seconds")
+    running = state == "running"
+    source = (transfer.get("source") or {}).get("server_id") or ""
+    reason = transfer.get("reason") or ""
+    if transfer.get("error"):
+        reason = f"{reason}: {transfer['error']}" if reason else str(transfer["error"])
+    return [name, state.replace("_", " "), progress, f"{human_size(speed)}/s" if running and speed else "",
+            f"{eta:.0f} s" if running and isinstance(eta, (int, float)) else "", str(source), reason]
 
 
 class TabActions:
@@ -223,6 +250,48 @@ class TabActions:
                 break
         yield self.models_table(type_filter, text), self.service.status_line(), self.report_markdown()
 
+    def transfers_table(self) -> dict[str, Any]:
+        transfers = self.service.node_transfers or []
+        names = {r.sha256: r.rel_name for r in self.rows if r.sha256}
+        names.update({t.order.sha256: t.order.rel_name for t in list(self.service.transfers.running.values())})
+        return {"headers": TRANSFER_HEADERS, "data": [transfer_row(t, names) for t in transfers] or [[]]}
+
+    def transfers_note(self) -> str:
+        """What the transfers table is: none, a read that failed, or how many of how many are under way."""
+        service = self.service
+        if not service.settings().server.url:
+            return "Transfers: no central server configured."
+        if service.transfers_error:
+            return f"Transfers could not be read: {service.transfers_error}"
+        transfers = service.node_transfers
+        if transfers is None:
+            return "Reading this node's transfers..."
+        if not transfers:
+            return "No transfers to this node."
+        active = sum(t.get("state") in ACTIVE_STATES for t in transfers)
+        return f"This node's {len(transfers)} latest transfers, {active} under way."
+
+    def transfers_active(self) -> bool:
+        """Under way as the server said last, or as this node runs them now (an order just taken)."""
+        shown = any(t.get("state") in ACTIVE_STATES for t in self.service.node_transfers or [])
+        return shown or bool(self.service.transfers.running)
+
+    def follow_transfers(self) -> Iterator[tuple[dict[str, Any], str]]:
+        """Yields (transfers table, note): read in the background, then again about every second while a transfer
+        is under way (for at most TRANSFERS_FOLLOW_SECONDS)."""
+        if not self.service.settings().server.url:
+            yield self.transfers_table(), self.transfers_note()
+            return
+        deadline = time.monotonic() + TRANSFERS_FOLLOW_SECONDS
+        while True:
+            self.service.read_node_transfers()
+            while self.service.reading_node_transfers():
+                time.sleep(POLL_SECONDS / 5)
+            yield self.transfers_table(), self.transfers_note()
+            if not self.transfers_active() or time.monotonic() >= deadline:
+                return
+            time.sleep(TRANSFERS_POLL_SECONDS)
+
     def path_of(self, row: list[Any]) -> str:
         """The path of the file a table row shows (found by its Name and Folder cells); "" when none."""
         if len(row) <= COLUMN["Folder"]:  # the empty table's row
@@ -260,6 +329,12 @@ def browser_first(button: gr.Button, js: str) -> dict[str, str]:
     return {"js": js} if "js" in inspect.signature(button.click).parameters else {"_js": js}
 
 
+def unlimited(event: Any) -> dict[str, Any]:
+    """Gradio 4 runs one call of an event at a time by default (Forge's queue sets no other limit): a tab that
+    follows its transfers must not hold another browser's. Gradio 3 has no such limit, nor the keyword."""
+    return {"concurrency_limit": None} if "concurrency_limit" in inspect.signature(event).parameters else {}
+
+
 def build_tab(service: NodeService) -> gr.Blocks:
     actions = TabActions(service)
     with gr.Blocks(analytics_enabled=False) as tab:
@@ -270,6 +345,9 @@ def build_tab(service: NodeService) -> gr.Blocks:
             calculate_hashes = gr.Checkbox(label="Calculate Hashes", value=actions.calculate_hashes_default())
         progress = gr.Markdown("")
         report = gr.Markdown(actions.report_markdown())
+        transfers_note = gr.Markdown("")
+        transfers = gr.Dataframe(headers=TRANSFER_HEADERS, value=None, interactive=False, wrap=True,
+                                 elem_id="modelsync_transfers")
         with gr.Row():
             type_filter = gr.Dropdown(choices=[ALL_TYPES], value=ALL_TYPES, label="Type")
             text_filter = gr.Textbox(label="Filter", placeholder="name, file, hash or state")
@@ -287,11 +365,15 @@ def build_tab(service: NodeService) -> gr.Blocks:
                           **browser_first(scan_button, actions.scan_click_js())).then(
             actions.follow_scan, None, [scan_button, progress, report]
         ).then(actions.refresh_table, filters, table_outputs).then(actions.follow_background, filters, background_outputs)
-        refresh.click(actions.refresh_table, filters, table_outputs).then(actions.follow_background, filters, background_outputs)
+        refreshed = refresh.click(actions.refresh_table, filters, table_outputs)
+        refreshed.then(actions.follow_background, filters, background_outputs)
+        refreshed.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(refreshed.then))
         type_filter.change(actions.models_table, filters, [table])
         text_filter.change(actions.models_table, filters, [table])
         table.select(actions.select_row, [table], [selected_path])
         selected_path.change(actions.details, [selected_path], [details])
         tab.load(actions.calculate_hashes_default, None, [calculate_hashes])
-        tab.load(actions.refresh_table, filters, table_outputs).then(actions.follow_background, filters, background_outputs)
+        loaded = tab.load(actions.refresh_table, filters, table_outputs)
+        loaded.then(actions.follow_background, filters, background_outputs)
+        loaded.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(loaded.then))
     return tab

@@ -1,19 +1,67 @@
 """A small stand-in for the parts of Forge/A1111 the extension touches, with the real signatures:
 modules.script_callbacks (on_ui_tabs -> [(blocks, title, elem_id)], on_ui_settings(), on_app_started(demo, app)),
-modules.shared (opts.add_option, OptionInfo, cmd_opts), modules.paths, modules.sd_models,
-modules_forge.shared and launch (is_installed, run_pip)."""
+modules.shared (opts.add_option, OptionInfo, cmd_opts, state: job / job_count with begin() and end()), modules.paths,
+modules.sd_models (model_path, list_models() filling checkpoints_list), modules.call_queue (queue_lock), the built-in
+LoRA extension's flat `networks` module (list_available_networks() filling available_networks), Forge's
+modules.ui_extra_networks_textual_inversion.embedding_db (load_textual_inversion_embeddings(force_reload,
+sync_with_sd_model)), modules_forge.shared and launch (is_installed, run_pip). Each list refresh is recorded with
+whether the host was generating at that moment."""
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 HOST_MODULES = ("modules", "modules.script_callbacks", "modules.shared", "modules.paths", "modules.sd_models",
-                "modules_forge", "modules_forge.shared", "launch")
+                "modules.call_queue", "modules.ui_extra_networks_textual_inversion", "modules_forge",
+                "modules_forge.shared", "launch", "networks")
+
+
+class SettingsTypeError(Exception):
+    """What Forge's Settings tab raises (as a plain Exception) for an option it cannot make a component for."""
+
+
+class State:
+    """modules.shared_state.State's job fields: begin() sets job and job_count = -1, end() clears them."""
+
+    def __init__(self) -> None:
+        self.job, self.job_count = "", 0
+
+    def begin(self, job: str = "(unknown)") -> None:
+        self.job, self.job_count = job, -1
+
+    def end(self) -> None:
+        self.job, self.job_count = "", 0
+
+
+def _files(folder: str | None, extensions: tuple[str, ...]) -> dict[str, str]:
+    """name (relative, without extension) -> path, as the host's lists key them."""
+    found: dict[str, str] = {}
+    if folder and os.path.isdir(folder):
+        for dirpath, _dirs, names in os.walk(folder):
+            for name in names:
+                if name.endswith(extensions):
+                    path = os.path.join(dirpath, name)
+                    found[os.path.splitext(os.path.relpath(path, folder))[0]] = path
+    return found
+
+
+class EmbeddingDatabase:
+    """Forge's modules.textual_inversion.textual_inversion.EmbeddingDatabase as its refresh uses it."""
+
+    def __init__(self, host: Host, folder: str | None):
+        self.host, self.folder = host, folder
+        self.word_embeddings: dict[str, str] = {}
+
+    def load_textual_inversion_embeddings(self, force_reload: bool = False, sync_with_sd_model: bool = True) -> None:
+        self.host.refreshed("embedding", force_reload=force_reload, sync_with_sd_model=sync_with_sd_model)
+        self.word_embeddings = _files(self.folder, (".safetensors", ".pt", ".bin"))
 
 
 class OptionInfo:
@@ -25,6 +73,7 @@ class OptionInfo:
                  comment_before: str = "", comment_after: str = "", infotext: str | None = None, restrict_api: bool = False,
                  category_id: str | None = None):
         self.default, self.label, self.section, self.category_id = default, label, section, category_id
+        self.component = component
 
 
 class OptionInfoBefore17:
@@ -34,6 +83,7 @@ class OptionInfoBefore17:
                  onchange: Callable | None = None, section: tuple[str, str] | None = None, refresh: Callable | None = None,
                  comment_before: str = "", comment_after: str = ""):
         self.default, self.label, self.section, self.category_id = default, label, section, None
+        self.component = component
 
 
 class Options:
@@ -42,6 +92,9 @@ class Options:
         object.__setattr__(self, "data", {})
 
     def add_option(self, key: str, info: OptionInfo) -> None:
+        # the Settings tab (modules/ui_settings.py create_setting_component) makes components for these types only
+        if info.component is None and type(info.default) not in (str, int, bool):
+            raise SettingsTypeError(f"bad options item type: {type(info.default)} for key {key}")
         self.data_labels[key] = info
         self.data.setdefault(key, info.default)
 
@@ -65,6 +118,8 @@ class Host:
         self.app_started: list[Callable] = []
         self.installed: set[str] = set()
         self.pip_calls: list[str] = []
+        self.refreshes: list[tuple[str, bool, dict[str, Any]]] = []  # (list, generating then, keywords)
+        self.state = State()
         self.modules: dict[str, types.ModuleType] = {name: types.ModuleType(name) for name in HOST_MODULES}
         m = self.modules
         m["modules"].__path__ = []
@@ -78,16 +133,49 @@ class Host:
         m["modules.paths"].models_path = str(models_path)
         m["modules.paths"].data_path = str(data_path)
         m["modules.paths"].script_path = str(data_path)
+        m["modules.shared"].state = self.state
         m["modules.sd_models"].model_path = str(models_path / "Stable-diffusion")
+        m["modules.sd_models"].checkpoints_list = {}
+        m["modules.sd_models"].list_models = self._list_models
+        m["modules.call_queue"].queue_lock = threading.Lock()
+        m["networks"].available_networks = {}
+        m["networks"].list_available_networks = self._list_available_networks
+        m["modules.ui_extra_networks_textual_inversion"].embedding_db = EmbeddingDatabase(self, cmd_opts.get("embeddings_dir"))
         if controlnet_dir is not None:
             m["modules_forge.shared"].controlnet_dir = str(controlnet_dir)
         m["launch"].is_installed = lambda name: name in self.installed or importlib.util.find_spec(name) is not None and name not in self.missing
         m["launch"].run_pip = self._run_pip
         self.missing: set[str] = set()
         for name, module in m.items():
-            if "." in name:
+            if "." in name and name.rsplit(".", 1)[0] in m:
                 parent, child = name.rsplit(".", 1)
                 setattr(m[parent], child, module)
+
+    def refreshed(self, what: str, **keywords: Any) -> None:
+        self.refreshes.append((what, bool(self.state.job or self.state.job_count), keywords))
+
+    def _list_models(self) -> None:
+        self.refreshed("checkpoint")
+        sd_models = self.modules["modules.sd_models"]
+        sd_models.checkpoints_list = _files(sd_models.model_path, (".safetensors", ".ckpt", ".gguf"))
+
+    def _list_available_networks(self) -> None:
+        self.refreshed("lora")
+        folder = getattr(self.modules["modules.shared"].cmd_opts, "lora_dir", None) or os.path.join(
+            self.modules["modules.paths"].models_path, "Lora")
+        self.modules["networks"].available_networks = _files(folder, (".safetensors", ".pt", ".ckpt"))
+
+    @property
+    def checkpoints(self) -> dict[str, str]:
+        return self.modules["modules.sd_models"].checkpoints_list
+
+    @property
+    def loras(self) -> dict[str, str]:
+        return self.modules["networks"].available_networks
+
+    @property
+    def embeddings(self) -> dict[str, str]:
+        return self.modules["modules.ui_extra_networks_textual_inversion"].embedding_db.word_embeddings
 
     def _run_pip(self, command: str, desc: str | None = None) -> None:
         self.pip_calls.append(command)

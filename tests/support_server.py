@@ -113,6 +113,9 @@ def run_server(data_path: Path, **overrides: Any) -> Iterator[RunningServer]:
             yield running
     finally:
         running.session.close()
+        ctx = getattr(getattr(server.config.app, "state", None), "modelsync", None)
+        if ctx is not None:
+            ctx.signals.close()  # as `modelsync serve` does on SIGTERM: held long-polls answered at once
         server.should_exit = True
         thread.join(30)
         sock.close()

@@ -69,6 +69,7 @@ class TransferRunner:
         self._roots = roots
         self._client = client  # (config, purpose) -> a client of its own per purpose
         self._received = received  # the file is in place: into the catalog, pushed
+        self.on_recorded: Callable[[Root, Received], None] | None = None  # a face's hook once that is done
         self._retry_delays = retry_delays
         self._wait_seconds = wait_seconds
         self._lock = threading.Lock()
@@ -201,6 +202,8 @@ class TransferRunner:
                 log.warning("transfer %d: %s holds another file; the copy is %s", order.transfer_id, received.wanted_name,
                             received.rel_name)
             self._received(root, received)
+            if self.on_recorded is not None:
+                self.on_recorded(root, received)
             self._report(transfer, "done", bytes_done=order.size, dest_path=received.path, source_server_id=source.server_id)
             return
         if not order.sources:
