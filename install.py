@@ -7,6 +7,7 @@ REQUIREMENTS = {
     "sqlite_utils": "sqlite-utils>=4",
     "tqdm": "tqdm",
     "gguf": "gguf",
+    "watchfiles": "watchfiles>=0.21",  # re-scans soon after model files change (the node agent's watcher)
 }
 
 for module_name, requirement in REQUIREMENTS.items():

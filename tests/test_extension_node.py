@@ -119,11 +119,11 @@ def test_calculate_hashes_starts_as_the_hash_new_files_setting(host):
 
 
 def test_install_script_installs_only_what_is_missing_and_is_idempotent(host):
-    host.missing = {"gguf"}
+    host.missing = {"gguf", "watchfiles"}
     run_script(REPO / "install.py")
-    assert host.pip_calls == ['install "gguf"']
+    assert host.pip_calls == ['install "gguf"', 'install "watchfiles>=0.21"']
     install = run_script(REPO / "install.py")
-    assert host.pip_calls == ['install "gguf"']
+    assert host.pip_calls == ['install "gguf"', 'install "watchfiles>=0.21"']
     assert not set(install.REQUIREMENTS) & {"gradio", "fastapi", "pydantic", "torch", "safetensors"}
 
 

@@ -93,3 +93,15 @@ def test_a_file_still_being_written_is_acted_on_once_the_folder_is_quiet(tmp_pat
     finally:
         watcher.stop()
     assert len(collector.calls) == 1
+
+
+def test_without_the_watchfiles_package_the_timer_carries_on(tmp_path, monkeypatch, caplog):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "watchfiles", None)  # `import watchfiles` fails as when it is not installed
+    watcher = FolderWatcher([str(tmp_path)], Collector())
+    with caplog.at_level("WARNING", logger=watcher_module.__name__):
+        watcher.start()
+        watcher.stop()
+    assert watcher.failure == "the watchfiles package is not installed"
+    assert sum("re-scanned on the timer only" in r.message for r in caplog.records) == 1

@@ -122,8 +122,12 @@ class FolderWatcher:
         return False
 
     def _run(self) -> None:
-        import watchfiles
-
+        try:
+            import watchfiles
+        except ImportError:  # a WebUI started with --skip-install: the timer carries on
+            self.failure = "the watchfiles package is not installed"
+            log.warning("file watching is off (%s); model folders are re-scanned on the timer only", self.failure)
+            return
         try:
             for changes in watchfiles.watch(*self.plan.watched, watch_filter=lambda _change, path: is_relevant(path),
                                             debounce=self.quiet_ms, stop_event=self.stopped, raise_interrupt=False,
