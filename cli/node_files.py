@@ -53,7 +53,18 @@ def files_app(node_id: str, data_path: Path, token: str | None, on_changed: Call
             return JSONResponse(decision.body, decision.status)
         return ModelFileResponse(decision.path, headers=decision.headers, media_type="application/octet-stream")
 
-    return Starlette(routes=[Route(FILES_PATH + "{segment}", serve_file, methods=["GET", "HEAD"])])
+    async def serve_companion(request: Request) -> Response:
+        serving_node = node()
+        if serving_node is None:
+            return JSONResponse({"reason": "not_registered", "error": "this node has no token yet"}, 503)
+        decision = serving_node.decide_companion(request.path_params["segment"], request.path_params["kind"],
+                                                 request.headers.get(GRANT_HEADER), request.headers.get(NODE_HEADER))
+        if isinstance(decision, Refusal):
+            return JSONResponse(decision.body, decision.status)
+        return FileResponse(decision.path, headers=decision.headers, media_type="application/octet-stream")
+
+    return Starlette(routes=[Route(FILES_PATH + "{segment}", serve_file, methods=["GET", "HEAD"]),
+                             Route(FILES_PATH + "{segment}/{kind}", serve_companion, methods=["GET"])])
 
 
 class FileServer:

@@ -56,6 +56,20 @@ class HostFileServer:
                 self._serving = (key, ServingNode(config.node_id, open_catalog(self._data_path / "catalog.db"), key[1]))
             return self._serving[1]
 
+    def companion(self, request: Request) -> Response:
+        """A model's sidecar or preview (small: sent whole)."""
+        if not self._allowed():
+            return JSONResponse({"reason": "not_serving", "error": "this node does not serve files to peers"}, 403)
+        node = self._node()
+        if node is None:
+            return JSONResponse({"reason": "not_registered", "error": "this node has no token yet"}, 503)
+        decision = node.decide_companion(request.path_params["segment"], request.path_params["kind"],
+                                         request.headers.get(GRANT_HEADER), request.headers.get(NODE_HEADER))
+        if isinstance(decision, Refusal):
+            return JSONResponse(decision.body, decision.status)
+        with open(decision.path, "rb") as f:
+            return Response(f.read(), headers=decision.headers, media_type="application/octet-stream")
+
     def answer(self, request: Request) -> Response:
         if not self._allowed():
             return JSONResponse({"reason": "not_serving", "error": "this node does not serve files to peers (Settings > "
@@ -93,7 +107,11 @@ def register_route(app, files: HostFileServer) -> None:
     async def modelsync_file(request: Request) -> Response:
         return files.answer(request)
 
+    async def modelsync_companion(request: Request) -> Response:
+        return files.companion(request)
+
     app.add_api_route(ROUTE, modelsync_file, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route(ROUTE + "/{kind}", modelsync_companion, methods=["GET"], include_in_schema=False)
 
 
 def loopback_only(files_url: str, host_listens_everywhere: bool) -> str | None:

@@ -94,6 +94,11 @@ def test_the_host_app_serves_a_catalog_file_by_grant_with_range_and_refuses_ever
         beyond = requests.get(url, headers={**headers, "Range": f"bytes={len(data)}-"}, timeout=10)
         assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
         assert requests.head(url, headers=headers, timeout=10).headers["Content-Length"] == str(len(data))
+        lora.with_name("hero.civitai.info").write_text('{"id": 7}')
+        info = requests.get(url + "/civitai-info", headers=headers, timeout=10)
+        assert info.status_code == 200 and info.content == b'{"id": 7}'  # a companion comes with the model's grant
+        assert requests.get(url + "/preview", headers=headers, timeout=10).json()["reason"] == "no_companion"
+        assert requests.get(url + "/civitai-info", timeout=10).status_code == 401
 
         # the receiver of the engine, resuming from a temp file, against the host's route
         dest = tmp_path / "dest"

@@ -103,6 +103,10 @@ def test_fulfil_copies_a_lora_and_a_checkpoint_to_the_node_that_lacks_them(tmp_p
     lora = model_factory.write_lora(a_models / "Lora" / "styles" / "ink.safetensors")
     checkpoint = model_factory.write_checkpoint(a_models / "Stable-diffusion" / "base.safetensors")
     extra = model_factory.write_lora(a_models / "Lora" / "extra.safetensors", base="sdxl")
+    companions = {".json": b'{"description": "ink strokes", "activation text": "ink style"}',
+                  ".civitai.info": b'{"id": 1, "modelId": 2, "name": "v1", "files": []}', ".preview.jpeg": b"\xff\xd8 a jpeg"}
+    for suffix, data in companions.items():
+        (a_models / "Lora" / "styles" / f"ink{suffix}").write_bytes(data)
     the_job = job("ink", "base.safetensors")
     with server_process(tmp_path / "central", offline_after_seconds=OFFLINE_AFTER) as central, \
             node_process(tmp_path, "gpu-a", central.base_url, *roles(a_models)) as a, \
@@ -126,6 +130,9 @@ def test_fulfil_copies_a_lora_and_a_checkpoint_to_the_node_that_lacks_them(tmp_p
         copied_lora = b_models / "Lora" / "styles" / "ink.safetensors"
         copied_checkpoint = b_models / "Stable-diffusion" / "base.safetensors"
         assert sha256_of(copied_lora) == sha256_of(lora) and sha256_of(checkpoint) == sha256_of(copied_checkpoint)
+        for suffix, data in companions.items():  # the sidecars and the preview came along
+            assert (b_models / "Lora" / "styles" / f"ink{suffix}").read_bytes() == data
+        assert not list((b_models / "Stable-diffusion").glob("base.*json")) and not list((b_models / "Stable-diffusion").glob("*.preview.jpeg"))
         for t in answer["transfers"]:
             done = transfer(central, t["id"])
             assert (done["state"], done["source"]["server_id"], done["bytes_done"]) == ("done", "gpu-a", done["size"])

@@ -180,3 +180,17 @@ def test_read_range_yields_exactly_the_range(node):
     byte_range = ByteRange(10, 300_000)
     assert b"".join(read_range(str(node.files[OTHER]), byte_range, chunk_size=4096)) == data[10:300_000]
     assert byte_range.content_range(len(data)) == f"bytes 10-299999/{len(data)}"
+
+
+def test_a_models_companions_are_decided_with_the_models_grant(node):
+    serving, sha = node.serving, node.sha256[LORA]
+    stem = os.path.splitext(str(node.files[LORA]))[0]
+    with open(stem + ".civitai.info", "w") as f:
+        f.write('{"id": 1}')
+    decided = serving.decide_companion(sha, "civitai-info", node.grant(LORA), DEST_ID)
+    assert isinstance(decided, FileToServe) and decided.path == stem + ".civitai.info" and decided.companion
+    assert "ETag" not in decided.headers  # the model's ETag is not the sidecar's
+    assert serving.decide_companion(sha, "json", node.grant(LORA), DEST_ID).reason == "no_companion"
+    assert serving.decide_companion(sha, "../../etc/passwd", node.grant(LORA), DEST_ID).status == 404
+    assert serving.decide_companion(sha, "civitai-info", None, DEST_ID).reason == "no_grant"
+    assert serving.decide_companion(sha, "civitai-info", node.grant(OTHER), DEST_ID).reason == "wrong_sha256"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from ..push_client import PushError
 from ..records import Root
+from ..transfer.companions import fetch_companions
 from ..transfer.destination import safe_relative_name
 from ..transfer.failures import TransferFailed
 from ..transfer.partfiles import part_name, remove_orphaned_parts
@@ -201,6 +202,7 @@ class TransferRunner:
             if received.renamed:
                 log.warning("transfer %d: %s holds another file; the copy is %s", order.transfer_id, received.wanted_name,
                             received.rel_name)
+            fetch_companions(source.base_url, order.sha256, config.node_id, source.grant, received.path)
             self._received(root, received)
             if self.on_recorded is not None:
                 self.on_recorded(root, received)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import sqlite_utils
 
 from .grants import GrantRefused, verify_grant
-from .protocol import etag
+from .protocol import COMPANIONS, MAX_COMPANION_BYTES, etag
 
 _SHA256_SEGMENT = re.compile(r"[0-9a-f]{64}")
 
@@ -24,10 +24,11 @@ class FileToServe:
     path: str
     size: int
     sha256: str
+    companion: bool = False  # a sidecar or preview beside the model, not the model itself
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"ETag": etag(self.sha256), "Cache-Control": "no-store"}
+        return {"Cache-Control": "no-store"} if self.companion else {"ETag": etag(self.sha256), "Cache-Control": "no-store"}
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,24 @@ class ServingNode:
         except GrantRefused as refused:
             return Refusal(401 if refused.reason == "no_grant" else 403, refused.reason, str(refused))
         return self._catalog_file(segment)
+
+    def decide_companion(self, segment: str, kind: str, grant: str | None, requester: str | None,
+                         now: float | None = None) -> FileToServe | Refusal:
+        """The model's sidecar or preview of that kind (protocol.COMPANIONS), beside the file the grant is for."""
+        if kind not in COMPANIONS:
+            return Refusal(404, "not_found", f"no companion kind {kind[:40]!r}; known: {', '.join(COMPANIONS)}")
+        model = self.decide(segment, grant, requester, now)
+        if isinstance(model, Refusal):
+            return model
+        path = os.path.splitext(model.path)[0] + COMPANIONS[kind]
+        try:
+            found = os.stat(path)
+        except OSError:
+            return Refusal(404, "no_companion", f"the model has no {COMPANIONS[kind]} here")
+        if not stat.S_ISREG(found.st_mode) or found.st_size > MAX_COMPANION_BYTES:
+            return Refusal(404, "no_companion", f"the model's {COMPANIONS[kind]} is not a file of at most "
+                                                f"{MAX_COMPANION_BYTES} bytes")
+        return FileToServe(path, found.st_size, model.sha256, companion=True)
 
     def _catalog_file(self, sha256: str) -> FileToServe | Refusal:
         rows = self.catalog.execute(
