@@ -183,6 +183,12 @@ def test_the_source_killed_mid_transfer_waits_then_resumes_from_the_temp_file_wh
         assert (later["ok"], later["action"]) == (False, "retry_later")
         assert [(t["id"], t["state"]) for t in later["transfers"]] == [(ordered["id"], "waiting_source")]
 
+        # the receiving node restarts while it waits for a source: its temp file is no orphan
+        assert b.stop() == 0
+        b = stack.enter_context(node_process(tmp_path, "gpu-b", central.base_url, *roles(b_models), extra=SLOW))
+        wait_for(lambda: b.log().count("orphaned temp files removed") == 2, timeout=30)  # the log spans both starts
+        assert (b_models / "Lora" / part_name(big_sha)).stat().st_size == kept
+
         back = time.monotonic()
         stack.enter_context(node_process(tmp_path, "gpu-a", central.base_url, *roles(a_models), data=a_data))
         done = wait_for(lambda: (t := transfer(central, ordered["id"]))["state"] == "done" and t, timeout=60)

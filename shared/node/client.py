@@ -47,6 +47,9 @@ def _source(data: Any, sha256: str) -> OrderSource | None:
     return OrderSource(server_id, url[: -len(suffix)], grant)
 
 
+STANDING_STATES = frozenset({"queued", "running", "waiting_source", "verifying"})
+
+
 def parse_order(data: Any) -> TransferOrder | None:
     """One order of the server's answer; None (logged) when it is not one this node can run."""
     if not isinstance(data, dict):
@@ -95,6 +98,13 @@ class NodeClient(ServerClient):
             raise PushError(f"{self.base_url} answered the orders without a list of orders: not a modelsync server of "
                             "this version?", 200)
         return [order for order in map(parse_order, found) if order is not None]
+
+    def standing_transfers(self) -> set[str]:
+        """The SHA256s of this node's transfers that are not finished (queued, running, waiting for a source):
+        their temp files are kept at start-up even when the orders do not hand them out now."""
+        answer = self._request("GET", "api/v1/transfers", params={"server_id": self.credentials.server_id, "limit": 500},
+                               timeout=REPORT_TIMEOUT_SECONDS)
+        return {t["sha256"] for t in answer.get("transfers", []) if t.get("state") in STANDING_STATES}
 
     def report(self, transfer_id: int, state: str, **fields: Any) -> dict[str, Any]:
         """A transfer's progress or outcome; the answer is the transfer as the server holds it now."""

@@ -142,8 +142,15 @@ class TransferRunner:
         if self._stop.is_set():
             return 0
         if self.orphans_removed is None:
-            keep = {order.sha256 for order in orders} | {t.order.sha256 for t in self.running.values()}
-            self.orphans_removed = remove_orphaned_parts([root.path for root in self._roots()], keep)
+            try:  # a transfer waiting for its source is not in the orders, and its temp file must stay
+                standing = self._client(config, "orders").standing_transfers()
+            except PushError as exc:
+                log.info("orphaned temp files are left for now: %s", exc)
+            else:
+                keep = standing | {order.sha256 for order in orders} | {t.order.sha256 for t in self.running.values()}
+                self.orphans_removed = remove_orphaned_parts([root.path for root in self._roots()], keep)
+                log.info("start-up: %d orphaned temp files removed, those of %d unfinished transfers kept",
+                         len(self.orphans_removed), len(keep))
         for order in orders[:free]:
             self._start(order)
         return 0 if orders or time.monotonic() - asked >= MIN_POLL_SECONDS else MIN_POLL_SECONDS
