@@ -133,9 +133,9 @@ def test_fulfil_copies_a_lora_and_a_checkpoint_to_the_node_that_lacks_them(tmp_p
         for suffix, data in companions.items():  # the sidecars and the preview came along
             assert (b_models / "Lora" / "styles" / f"ink{suffix}").read_bytes() == data
         assert not list((b_models / "Stable-diffusion").glob("base.*json")) and not list((b_models / "Stable-diffusion").glob("*.preview.jpeg"))
-        for t in answer["transfers"]:
-            done = transfer(central, t["id"])
-            assert (done["state"], done["source"]["server_id"], done["bytes_done"]) == ("done", "gpu-a", done["size"])
+        for t in answer["transfers"]:  # the node reports done just after its push made the check ok
+            done = wait_for(lambda: (x := transfer(central, t["id"]))["state"] == "done" and x, timeout=30)
+            assert (done["source"]["server_id"], done["bytes_done"]) == ("gpu-a", done["size"])
         assert {sha256_of(lora), sha256_of(checkpoint)} <= held_by(central, "gpu-b")
         assert not list(b_models.rglob("*.part*")) and not list(b_models.rglob(".modelsync*"))
 
