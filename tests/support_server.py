@@ -95,27 +95,43 @@ def run_server(data_path: Path, **overrides: Any) -> Iterator[RunningServer]:
     """The server in a background thread of this process, uvicorn configured as `modelsync serve` runs it (its own
     X-Forwarded-For handling off); stopped (cleanly) on exit."""
     config = server_config(data_path, **overrides)
+    app = create_app(config)
+
+    def before_stop() -> None:
+        ctx = getattr(app.state, "modelsync", None)
+        if ctx is not None:
+            ctx.signals.close()  # as `modelsync serve` does on SIGTERM: held long-polls answered at once
+
+    with serve_asgi(app, "uvicorn", before_stop=before_stop, lifespan="on", **UVICORN_OPTIONS) as base_url:
+        running = RunningServer(base_url, config.admin_token or "", Path(data_path), config)
+        try:
+            with ANSWERS.watching(running.base_url):
+                yield running
+        finally:
+            running.session.close()
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any, name: str, before_stop: Any = None, **uvicorn_config: Any) -> Iterator[str]:
+    """An ASGI app run by uvicorn on a loopback port in a thread: its base URL once it answers; stopped on exit
+    (`before_stop()` first)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(config), lifespan="on", **UVICORN_OPTIONS))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{port}", daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"{name}-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
+            raise RuntimeError(f"the test server {name} did not start")
         time.sleep(0.01)
-    running = RunningServer(f"http://127.0.0.1:{port}", config.admin_token or "", Path(data_path), config)
     try:
-        with ANSWERS.watching(running.base_url):
-            yield running
+        yield f"http://127.0.0.1:{port}"
     finally:
-        running.session.close()
-        ctx = getattr(getattr(server.config.app, "state", None), "modelsync", None)
-        if ctx is not None:
-            ctx.signals.close()  # as `modelsync serve` does on SIGTERM: held long-polls answered at once
+        if before_stop is not None:
+            before_stop()
         server.should_exit = True
         thread.join(30)
         sock.close()
@@ -452,7 +468,7 @@ def check_answers(answers: list[Answer], log: AnswerLog = ANSWERS, checker: Answ
 def json_stub(answers: dict[tuple[str, str], tuple[int, Any]]) -> Iterator[str]:
     """A loopback HTTP server answering (method, path) with (status, JSON body): a server that answers wrongly, for
     the tests of the answer check. Yields its base URL."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
         def _answer(self) -> None:
@@ -469,7 +485,17 @@ def json_stub(answers: dict[tuple[str, str], tuple[int, Any]]) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with serve_http(Handler) as base_url:
+        yield base_url
+
+
+@contextlib.contextmanager
+def serve_http(handler: type) -> Iterator[str]:
+    """A http.server handler class served on a loopback port in a thread: its base URL; stopped on exit."""
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:

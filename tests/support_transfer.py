@@ -13,15 +13,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-import socket
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-import uvicorn
 from safetensors.numpy import save_file
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -35,6 +31,7 @@ from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.peer_source import PeerSource
 from modelsync.shared.transfer.protocol import FILES_PATH, GRANT_HEADER, NODE_HEADER
 from modelsync.shared.transfer.serving import Refusal, ServingNode
+from support_server import serve_asgi
 
 MIB = 1024 * 1024
 SOURCE_ID = "node-a"
@@ -194,23 +191,6 @@ def run_peer(node: SourceNode) -> Iterator[RunningPeer]:
     served: list[Served] = []
     rescans: list[tuple[str, ...]] = []
     faults = Faults()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
     app = FaultLayer(peer_app(node.serving, rescans), faults, served)
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"peer-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test peer did not start")
-        time.sleep(0.01)
-    try:
-        yield RunningPeer(f"http://127.0.0.1:{port}", faults, served, rescans)
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serve_asgi(app, "peer", lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=2) as base_url:
+        yield RunningPeer(base_url, faults, served, rescans)

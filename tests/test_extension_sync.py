@@ -19,7 +19,7 @@ from modelsync.shared.inventory import Inventory, InventoryFile
 from modelsync.shared.push_client import NodeCredentials, ServerClient
 from modelsync.shared.records import Root
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_server import central_server, make_server, run_server  # noqa: F401  (fixtures)
+from support_server import central_server, make_server, run_server, serve_http  # noqa: F401  (fixtures)
 
 FOUND = "civitai_model_version_1387174_lora_flux_lora-manager.json"
 
@@ -103,16 +103,8 @@ class NotFound(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextlib.contextmanager
-def other_web_server() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def other_web_server():
+    return serve_http(NotFound)
 
 
 def tick_at(service: NodeService, clock: Clock, now: float) -> float:

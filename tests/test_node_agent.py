@@ -27,7 +27,7 @@ import requests
 from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.protocol import GRANT_HEADER, NODE_HEADER, file_url
-from support_server import RunningServer, free_port, server_process, wait_for
+from support_server import RunningServer, free_port, serve_http, server_process, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -238,15 +238,8 @@ class OrderDesk:
             def log_message(self, *args) -> None:
                 pass
 
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            server.shutdown()
-            server.server_close()
+        with serve_http(Handler) as base_url:
+            yield base_url
 
 
 def peer_order(transfer_id: int, sha256: str, size: int, rel_name: str, role: str, destination: str,
