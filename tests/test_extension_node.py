@@ -63,6 +63,17 @@ def write_models(webui: Path) -> list[Path]:
     ]
 
 
+def started_once(host, server_url: str, node_id: str):
+    """The WebUI started (API-only) with the central server set, its start-up scan and push run to the end."""
+    run_script(REPO / "scripts" / "modelsync_tab.py")
+    host.opts.modelsync_server_url = server_url
+    host.opts.modelsync_node_id = node_id
+    host.start_app(None, None)
+    service = forge_callbacks.service()
+    service.stop(timeout=60)
+    return service
+
+
 def test_roots_come_from_the_host_with_roles_symlinks_resolved_and_no_duplicates(tmp_path):
     real_vae = tmp_path / "shared-vae"
     real_vae.mkdir()
@@ -310,12 +321,7 @@ def test_progress_shows_files_bytes_and_eta():
 def test_a_model_folder_gone_at_start_up_keeps_its_files_on_the_server_and_the_tab_says_why(host, central_server):  # noqa: F811
     webui = Path(host.modules["modules.paths"].data_path)
     write_models(webui)
-    run_script(REPO / "scripts" / "modelsync_tab.py")
-    host.opts.modelsync_server_url = central_server.base_url
-    host.opts.modelsync_node_id = "gpu-09"
-    host.start_app(None, None)
-    service = forge_callbacks.service()
-    service.stop(timeout=60)
+    started_once(host, central_server.base_url, "gpu-09")
     (webui / "models" / "Lora").rename(webui.parent / "share-not-mounted")
     (webui / "models" / "Lora").mkdir()  # the share's mount point, nothing mounted
 
@@ -384,12 +390,7 @@ def test_the_start_up_push_sends_the_local_previews_the_server_asks_for(host, ce
     webui = Path(host.modules["modules.paths"].data_path)
     files = write_models(webui)
     Image.new("RGB", (300, 200), (10, 120, 200)).save(webui / "models" / "Lora" / "hero.preview.jpeg", "JPEG")
-    run_script(REPO / "scripts" / "modelsync_tab.py")
-    host.opts.modelsync_server_url = central_server.base_url
-    host.opts.modelsync_node_id = "gpu-10"
-    host.start_app(None, None)
-    service = forge_callbacks.service()
-    service.stop(timeout=60)
+    service = started_once(host, central_server.base_url, "gpu-10")
     assert service.push_status.previews_sent == [str(webui / "models" / "Lora" / "hero.preview.jpeg")]
     model = central_server.get("/api/v1/models", params={"text": sha256_of(files[0])}).json()["models"][0]
     preview = central_server.get(model["preview_url"])
