@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from modelsync.shared.civitai_client import CivitaiClient, ImageRejected
+from modelsync.shared.civitai.client import CivitaiClient, ImageRejected
 
 from . import civitai_state as state
 from .config import ServerConfig

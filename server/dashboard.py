@@ -22,8 +22,8 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelsync.shared.catalog import read_snapshot
-from modelsync.shared.job_requirements import FORMATS as JOB_FORMATS
-from modelsync.shared.job_requirements import KINDS as JOB_KINDS
+from modelsync.shared.jobs.requirements import FORMATS as JOB_FORMATS
+from modelsync.shared.jobs.requirements import KINDS as JOB_KINDS
 from modelsync.shared.records import BASES, MANUAL_SOURCE, METADATA_FIELDS, MODEL_TYPES, UNKNOWN_MARK
 from modelsync.shared.units import human_size
 

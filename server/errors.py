@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from modelsync.shared.inventory import InventoryError
-from modelsync.shared.job_requirements import JobFormatError
+from modelsync.shared.jobs.requirements import JobFormatError
 
 from .registry import DISK_FULL, is_disk_full
 

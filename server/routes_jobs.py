@@ -28,8 +28,8 @@ from starlette.routing import Route
 
 from modelsync.shared.catalog import read_snapshot
 from modelsync.shared.inventory import valid_server_id
-from modelsync.shared.job_requirements import ModelReference, ParsedJob, extract, parse_hash, parse_kind
-from modelsync.shared.job_resolver import (
+from modelsync.shared.jobs.requirements import ModelReference, ParsedJob, extract, parse_hash, parse_kind
+from modelsync.shared.jobs.resolver import (
     NodeInfo,
     Resolution,
     UnknownNode,

@@ -5,7 +5,7 @@ import json
 import pytest
 from support_jobs import INFOTEXT_1_9_4
 
-from modelsync.shared.job_requirements import (
+from modelsync.shared.jobs.requirements import (
     MAX_JOB_DEPTH,
     EmbeddingNames,
     HashRef,

@@ -5,8 +5,8 @@ import model_factory
 import pytest
 from support_jobs import JobNode, addnet_of, autov1_of, register_node, registry, sha256_of
 
-from modelsync.shared.job_requirements import HashRef, ModelReference, Requirement, extract
-from modelsync.shared.job_resolver import (
+from modelsync.shared.jobs.requirements import HashRef, ModelReference, Requirement, extract
+from modelsync.shared.jobs.resolver import (
     availability,
     dispatch,
     known_embeddings,

@@ -8,7 +8,7 @@ from support_jobs import INFOTEXT_1_9_4, JobNode, addnet_of, set_last_contact, s
 from support_server import make_server, wait_for  # noqa: F401  (fixture)
 
 from modelsync.shared.catalog import open_catalog
-from modelsync.shared.job_requirements import MAX_JOB_DEPTH
+from modelsync.shared.jobs.requirements import MAX_JOB_DEPTH
 
 class ApiFleet:
     def __init__(self, server, tmp_path):

@@ -17,7 +17,7 @@ from typing import Any
 import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
-from modelsync.shared.job_resolver import NodeInfo, Resolution, runnable_on
+from modelsync.shared.jobs.resolver import NodeInfo, Resolution, runnable_on
 
 from ..errors import ApiError
 from . import store

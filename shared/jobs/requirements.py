@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from .names import normalise_name
+from ..names import normalise_name
 
 FORMATS = ("auto", "a1111", "infotext", "stablequeue", "requirements")
 MAX_REQUIREMENTS = 256

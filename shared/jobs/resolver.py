@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterable, NamedTuple
 
 import sqlite_utils
 
-from .catalog import TIME_FORMAT, chunks, placeholders, utc_now, write_transaction
-from .job_requirements import (
+from ..catalog import TIME_FORMAT, chunks, placeholders, utc_now, write_transaction
+from .requirements import (
     KINDS,
     EmbeddingNames,
     HashRef,
@@ -38,7 +38,7 @@ from .job_requirements import (
     Requirement,
     rewrite,
 )
-from .names import aliases, kind_of, normalise_name, stem, strip_extension
+from ..names import aliases, kind_of, normalise_name, stem, strip_extension
 
 ACTIONS = ("retry_later", "route_elsewhere", "fail")
 NAME_CONFLICT_MODES = ("per-node", "strict")
