@@ -14,19 +14,25 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import dashboard, routes_jobs, routes_models, routes_overrides, routes_servers, routes_transfers
+from . import (civitai_updates, dashboard, dashboard_insight, dashboard_webhooks, routes_insight, routes_jobs, routes_models,
+               routes_overrides, routes_servers, routes_transfers, routes_webhooks)
 from .auth import load_admin_token, trusted_networks
 from .civitai_worker import CivitaiWorker
 from .config import ServerConfig
 from .context import ServerContext, context
 from .errors import EXCEPTION_HANDLERS
+from .insight import demand
 from .openapi import build_document
 from .own_node import OwnNode
 from .previews import PreviewStore
 from .queries import Liveness
 from .registry import Registry
+from .webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
+
+# started in this order once the registry is open (each returns an object with stop(), or None), stopped in reverse
+BACKGROUND = (civitai_updates.start, demand.start, webhooks.start)
 
 
 def health(request: Request) -> JSONResponse:
@@ -93,10 +99,13 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             ctx.worker = CivitaiWorker(registry, config, previews)
             ctx.worker.start()
         app.state.modelsync = ctx
+        running = [service for service in (start(ctx) for start in BACKGROUND) if service is not None]
         log.info("registry %s ready; Civitai worker %s", config.database_path, "running" if ctx.worker else "disabled")
         try:
             yield
         finally:
+            for service in reversed(running):
+                service.stop()
             if ctx.worker is not None:
                 ctx.worker.stop()
             registry.close()
@@ -111,7 +120,11 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
             *routes_jobs.ROUTES,
             *routes_overrides.ROUTES,
             *routes_transfers.ROUTES,
+            *routes_insight.ROUTES,
+            *routes_webhooks.ROUTES,
             *dashboard.ROUTES,
+            *dashboard_insight.ROUTES,
+            *dashboard_webhooks.ROUTES,
         ],
         middleware=[Middleware(dashboard.SecurityHeaders), Middleware(GZipMiddleware, minimum_size=4096)],
         exception_handlers=EXCEPTION_HANDLERS,

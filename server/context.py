@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
@@ -27,6 +27,10 @@ class ServerContext:
     previews: PreviewStore
     worker: "CivitaiWorker | None" = None
     signals: OrderSignals = field(default_factory=OrderSignals)  # wakes the nodes' long-polls for transfer orders
+    # set by the background services' start (server/app.py BACKGROUND); None when off
+    update_checks: Any = None  # server/civitai_updates.py
+    demand: Any = None  # server/insight/demand.py
+    webhooks: Any = None  # server/webhooks/service.py
 
 
 def context(request: Request) -> ServerContext:

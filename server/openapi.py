@@ -333,6 +333,11 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "error": text("the failure in a sentence"), "dest_path": STRING,
         "source_server_id": {**SERVER_ID, "description": "the source used"},
     }, optional=("size", "speed_bps", "eta_seconds", "reason", "error", "dest_path", "source_server_id")),
+    # --- downloads (#12) ---
+    # --- Civitai update checks (#12) ---
+    # --- node state and ranking (#13) ---
+    # --- demand, fleet analytics, recommendations (#13) ---
+    # --- webhooks (#13) ---
 }
 
 
@@ -420,6 +425,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/api/v1/transfers/{id}/progress"): Operation("Transfer", json_body(ref("ProgressReport")), BEARER,
                                                            writes=True),
     ("get", "/api/v1/servers/{server_id}/transfers/orders"): Operation("TransferOrders", security=BEARER, writes=True),
+    # --- downloads (#12) ---
+    # --- Civitai update checks (#12) ---
+    # --- node state and ranking (#13) ---
+    # --- demand, fleet analytics, recommendations (#13) ---
+    # --- webhooks (#13) ---
 }
 
 PATH_PARAMETERS = {"id": {**ROW_ID, "description": "a model's id"}, "file_id": {**ROW_ID, "description": "a file's id"},
@@ -441,7 +451,8 @@ _WRITE_ERRORS = {"507": "the registry's disk is full; nothing was changed"}
 _NODE_ID_ERRORS = {"400": "the server_id in the path is not a node id (1-64 of A-Z a-z 0-9 . _ -)"}
 _ANY_ERRORS = {"500": "an unexpected error (a bug; the server logs it)"}
 TAGS = {"app": "server", "routes_servers": "nodes", "routes_models": "models", "routes_jobs": "job checks",
-        "routes_overrides": "corrections", "routes_transfers": "transfers"}
+        "routes_overrides": "corrections", "routes_transfers": "transfers", "routes_insight": "insight",
+        "routes_webhooks": "webhooks"}
 
 
 # --- the document ------------------------------------------------------------------------------------------------

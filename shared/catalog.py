@@ -290,6 +290,26 @@ def _v9_transfers(db: sqlite_utils.Database) -> None:
     db["servers"].add_column("files_url", str)
 
 
+def _v10_downloads(db: sqlite_utils.Database) -> None:
+    """Transfers from Civitai and URLs (issue #12, the transfer orders' download sources)."""
+
+
+def _v11_civitai_updates(db: sqlite_utils.Database) -> None:
+    """Civitai update checks (issue #12): the newest version of each model the fleet holds."""
+
+
+def _v12_node_state(db: sqlite_utils.Database) -> None:
+    """What each node is doing (issue #13): loaded checkpoint, busy, free disk, GPU memory."""
+
+
+def _v13_demand(db: sqlite_utils.Database) -> None:
+    """Demand analytics (issue #13): hourly request counts per model."""
+
+
+def _v14_webhooks(db: sqlite_utils.Database) -> None:
+    """Signed webhooks (issue #13): endpoints, the durable outbox, deliveries."""
+
+
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_initial,
@@ -301,6 +321,11 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v7_unusable_files,
     _v8_node_previews,
     _v9_transfers,
+    _v10_downloads,
+    _v11_civitai_updates,
+    _v12_node_state,
+    _v13_demand,
+    _v14_webhooks,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,0 +1,6 @@
+"""The dashboard's Webhooks page (stub)."""
+from __future__ import annotations
+
+from starlette.routing import Route
+
+ROUTES: list[Route] = []

@@ -1,0 +1,1 @@
+"""Fleet insight: what each node is doing, job demand over time, recommendations."""

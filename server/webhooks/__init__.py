@@ -1,0 +1,1 @@
+"""Signed webhooks (Standard Webhooks 1.0): endpoints, a durable outbox, delivery."""
