@@ -2,7 +2,8 @@
 
 It looks up due models by full SHA256 (the bulk endpoint when several are due), fills only null fields,
 marks 404s "none" until the re-check age, and fetches each model's first still image once as its preview.
-All requests share one rate (CIVITAI_REQUESTS_PER_MINUTE). A 429 or a server error pauses every request
+All requests share one rate (CIVITAI_REQUESTS_PER_MINUTE), `CivitaiRate`: the update checks
+(server/civitai_updates.py) take their turns from the same one. A 429 or a server error pauses every request
 (Retry-After when given, else exponential back-off); a timeout only delays that model, never marks it unknown.
 """
 from __future__ import annotations
@@ -24,6 +25,55 @@ log = logging.getLogger(__name__)
 BULK_LIMIT = 100  # hashes per POST /api/v1/model-versions/by-hash
 
 
+class CivitaiRate:
+    """The fleet's one Civitai rate, shared by every thread that asks Civitai: requests spaced evenly, and a pause for
+    everyone after a 429 or a server error."""
+
+    def __init__(self, requests_per_minute: float, max_backoff_seconds: float):
+        self.interval = 60.0 / requests_per_minute if requests_per_minute > 0 else 0.0
+        self.max_backoff_seconds = max_backoff_seconds
+        self._lock = threading.Lock()
+        self._next_turn = 0.0  # monotonic: the earliest moment the next request may go
+        self._paused_until = 0.0  # monotonic; fleet-wide back-off after 429 / 5xx
+        self._failures = 0  # consecutive fleet-level failures, for the exponential back-off
+
+    def take_turn(self, stop: threading.Event) -> bool:
+        """Wait for this caller's turn (reserved at once, so two threads never take the same one); False when `stop`
+        is set while waiting."""
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                start = max(self._next_turn, self._paused_until, now)
+                if start <= now:
+                    self._next_turn = now + self.interval
+                    return True
+            if stop.wait(start - now):
+                return False
+
+    def back_off(self, retry_after: float | None) -> float:
+        """Pause every request; returns the pause in seconds."""
+        with self._lock:
+            self._failures += 1
+            delay = retry_after if retry_after is not None else 2.0 ** (self._failures - 1)
+            delay = min(max(delay, 0.0), self.max_backoff_seconds)
+            self._paused_until = max(self._paused_until, time.monotonic() + delay)
+        log.warning("Civitai: pausing all requests for %.1f s", delay)
+        return delay
+
+    def pause_for(self, seconds: float) -> None:
+        """Pause every request `seconds` (capped); a longer pause already running stays."""
+        with self._lock:
+            delay = min(max(seconds, 0.0), self.max_backoff_seconds)
+            self._paused_until = max(self._paused_until, time.monotonic() + delay)
+
+    def succeeded(self) -> None:
+        with self._lock:
+            self._failures = 0
+
+    def paused_seconds(self) -> float:
+        return max(0.0, self._paused_until - time.monotonic())
+
+
 class CivitaiWorker:
     def __init__(self, registry: Registry, config: ServerConfig, previews: PreviewStore, client: CivitaiClient | None = None):
         self.registry = registry
@@ -35,9 +85,7 @@ class CivitaiWorker:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_request = 0.0
-        self._paused_until = 0.0  # monotonic; fleet-wide back-off after 429 / 5xx
-        self._failures = 0  # consecutive fleet-level failures, for the exponential back-off
+        self.rate = CivitaiRate(config.civitai_requests_per_minute, config.civitai_max_backoff_seconds)
         self.counts = {"found": 0, "not_found": 0, "errors": 0, "previews": 0}
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -56,8 +104,22 @@ class CivitaiWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    # --- the fleet's one Civitai rate, shared with on-demand calls (transfer orders, fulfil) -----------------
+    def paused_seconds(self) -> float:
+        """How long the fleet's Civitai back-off lasts still (0: not backing off)."""
+        return self.rate.paused_seconds()
+
+    def back_off_for(self, seconds: float) -> None:
+        """Someone else got a 429 from Civitai (a node's `civitai_retry_after`, an on-demand call): pause every
+        request that long (capped by CIVITAI_MAX_BACKOFF); a longer pause already running stays."""
+        self.rate.pause_for(seconds)
+
+    def take_turn(self) -> bool:
+        """Wait for an on-demand request's turn in the fleet's rate; False at once while backing off, or stopping."""
+        return self.paused_seconds() == 0 and self._throttle()
+
     def status(self) -> dict[str, Any]:
-        paused = max(0.0, self._paused_until - time.monotonic())
+        paused = self.paused_seconds()
         return {"running": self._thread is not None and self._thread.is_alive(), "paused_seconds": round(paused, 1), **self.counts}
 
     def _run(self) -> None:
@@ -87,7 +149,7 @@ class CivitaiWorker:
     def step(self) -> bool:
         """Do one batch of due work; returns False when there was nothing to do."""
         db = self.registry.db()
-        if not self._sleep(self._paused_until - time.monotonic()):
+        if not self._sleep(self.rate.paused_seconds()):
             return True
         due = state.due_lookups(db, self.config.civitai_batch_size)
         if due:
@@ -102,22 +164,10 @@ class CivitaiWorker:
         return False
 
     def _throttle(self) -> bool:
-        per_minute = self.config.civitai_requests_per_minute
-        interval = 60.0 / per_minute if per_minute > 0 else 0.0
-        pause = max(self._last_request + interval, self._paused_until) - time.monotonic()
-        if not self._sleep(pause):
-            return False
-        self._last_request = time.monotonic()
-        return True
+        return self.rate.take_turn(self._stop)
 
     def _back_off(self, retry_after: float | None) -> float:
-        """Pause every request; returns the pause in seconds."""
-        self._failures += 1
-        delay = retry_after if retry_after is not None else 2.0 ** (self._failures - 1)
-        delay = min(max(delay, 0.0), self.config.civitai_max_backoff_seconds)
-        self._paused_until = time.monotonic() + delay
-        log.warning("Civitai: pausing all lookups for %.1f s", delay)
-        return delay
+        return self.rate.back_off(retry_after)
 
     def _model_retry_delay(self, sha256: str) -> float:
         tries = state.attempts(self.registry.db(), sha256) + 1
@@ -137,12 +187,12 @@ class CivitaiWorker:
         result = self.client.by_hash(sha256)
         db = self.registry.db()
         if result.status == "found":
-            self._failures = 0
+            self.rate.succeeded()
             state.record_found(db, sha256, result.data, self._origin())
             self.counts["found"] += 1
             log.info("Civitai: %s found (version %s)", sha256[:10], (result.data or {}).get("id"))
         elif result.status == "not_found":
-            self._failures = 0
+            self.rate.succeeded()
             state.record_not_found(db, sha256, self.config.civitai_recheck_days)
             self.counts["not_found"] += 1
             log.info("Civitai: %s not known", sha256[:10])
@@ -158,7 +208,7 @@ class CivitaiWorker:
         if result.status != "ok":
             self._failed(hashes, result.status, result.error, result.retry_after)
             return False
-        self._failures = 0
+        self.rate.succeeded()
         db = self.registry.db()
         for sha256 in hashes:
             version = result.found.get(sha256)

@@ -16,6 +16,12 @@ from .errors import ApiError
 from .registry import iso_ago
 
 AVAILABILITY_FILTERS = ("available", "missing", "online", "offline")
+UPDATE_FILTERS = ("available",)
+# a model's Civitai update (server/civitai_updates.py): a newer version found for the version the model holds now
+UPDATE_JOIN = """LEFT JOIN civitai_updates u ON u.model_id = m.id AND u.civitai_model_id = m.civitai_id
+                   AND u.held_version_id = m.civitai_version_id AND u.version_id IS NOT NULL"""
+UPDATE_COLUMNS = """u.version_id AS update_version_id, u.name AS update_name, u.published_at AS update_published_at,
+                    u.download_url AS update_download_url"""
 SORT_COLUMNS = {
     "name": "COALESCE(m.name, m.filename) COLLATE NOCASE",
     "type": "m.type",
@@ -70,6 +76,14 @@ def _rows(db: sqlite_utils.Database, sql: str, params: list[Any] | tuple[Any, ..
     return [dict(zip(names, values)) for values in cursor.fetchall()]
 
 
+def model_update(row: dict[str, Any]) -> dict[str, Any] | None:
+    """The `update` of a model read with UPDATE_JOIN / UPDATE_COLUMNS."""
+    if row.get("update_version_id") is None:
+        return None
+    return {"version_id": row["update_version_id"], "name": row["update_name"],
+            "published_at": row["update_published_at"], "download_url": row["update_download_url"]}
+
+
 def model_summary(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
@@ -93,6 +107,7 @@ def model_summary(row: dict[str, Any]) -> dict[str, Any]:
         "node_count": row["node_count"],
         "online_node_count": row["online_node_count"],
         "preview_url": preview_url(row["id"]) if row["preview_stored"] else None,
+        "update": model_update(row),
     }
 
 
@@ -160,6 +175,12 @@ def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str
         else:
             where.append(f"{any_copy} AND NOT {online_copy}")
             args.extend(online)
+    update = params.get("update")
+    if update:
+        if update not in UPDATE_FILTERS:
+            raise ApiError(400, f"update must be one of {', '.join(UPDATE_FILTERS)}", "update")
+        where.append("""EXISTS (SELECT 1 FROM civitai_updates u WHERE u.model_id = m.id AND u.civitai_model_id = m.civitai_id
+                          AND u.held_version_id = m.civitai_version_id AND u.version_id IS NOT NULL)""")
     where_sql = ("WHERE " + " AND ".join(where)) if where else ""
 
     total = db.conn.execute(f"SELECT COUNT(*) FROM models m {where_sql}", args).fetchone()[0]
@@ -172,8 +193,9 @@ def _list_models(db: sqlite_utils.Database, liveness: Liveness, params: dict[str
           (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a WHERE a.model_id = m.id) AS node_count,
           (SELECT COUNT(DISTINCT a.server_id) FROM model_server_availability a
              WHERE a.model_id = m.id AND a.server_id IN ({placeholders(online)})) AS online_node_count,
-          EXISTS (SELECT 1 FROM model_previews p WHERE p.sha256 = m.hash_sha256 AND p.status = 'stored') AS preview_stored
-        FROM page JOIN models m ON m.id = page.id
+          EXISTS (SELECT 1 FROM model_previews p WHERE p.sha256 = m.hash_sha256 AND p.status = 'stored') AS preview_stored,
+          {UPDATE_COLUMNS}
+        FROM page JOIN models m ON m.id = page.id {UPDATE_JOIN}
         ORDER BY {ordering}"""
     rows = _rows(db, sql, [*args, limit, offset, *online])
     return {
@@ -266,6 +288,9 @@ def _model_info(db: sqlite_utils.Database, liveness: Liveness, model_id: int) ->
     preview = _rows(db, "SELECT status, source_url, checked_at, error FROM model_previews WHERE sha256 = ?", [model["hash_sha256"]])
     rejected = _rows(db, "SELECT version_id, rejected_at FROM civitai_rejections WHERE sha256 = ? ORDER BY rejected_at",
                      [model["hash_sha256"]])
+    update = _rows(db, f"SELECT {UPDATE_COLUMNS} FROM models m {UPDATE_JOIN} WHERE m.id = ?", [model_id])
+    update_check = _rows(db, """SELECT checked_at, next_check_at, attempts, error FROM civitai_update_checks
+                                WHERE civitai_model_id = ?""", [model["civitai_id"]])
     model["sha256"] = model["hash_sha256"]
     return {
         **model,
@@ -279,6 +304,8 @@ def _model_info(db: sqlite_utils.Database, liveness: Liveness, model_id: int) ->
         "civitai_rejected": rejected,
         "preview": preview[0] if preview else None,
         "preview_url": preview_url(model_id) if preview and preview[0]["status"] == "stored" else None,
+        "update": model_update(update[0]),
+        "update_check": update_check[0] if update_check else None,
     }
 
 

@@ -1,4 +1,5 @@
-"""The model API (the seed's paths): listing, info, availability, preview, scan, hashing, refresh, reset."""
+"""The model API (the seed's paths): listing, info, availability, preview, scan, hashing, refresh, reset; and a
+model's Civitai update: checking now, ordering it onto the nodes that hold the model."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,10 +18,13 @@ from . import queries
 from .auth import admit_caller, authenticate_node, require_admin, require_admin_unless_loopback
 from .body import expect_object, read_json
 from .civitai_state import requeue_lookup
+from .civitai_updates import current_update, holders
 from .context import ServerContext, context
 from .errors import ApiError
 from .registry import iso, utc_now
 from .sync import forget_digest
+from .transfers import Transfer
+from .transfers.downloads import order_civitai_transfer
 
 
 def list_models(request: Request) -> JSONResponse:
@@ -33,6 +37,7 @@ def list_models(request: Request) -> JSONResponse:
       - {name: text, in: query, description: "substring of name, file name or Civitai name; or a SHA256/AutoV3 prefix"}
       - {name: server, in: query, description: "only models this node holds"}
       - {name: availability, in: query, description: "available (some node holds it), missing (no node), online (an online node holds it), offline (only offline nodes hold it)"}
+      - {name: update, in: query, description: "available: only models with a newer Civitai version (see `update`)"}
       - {name: sort, in: query, description: "name | type | base | size | created | updated | last_used | id"}
       - {name: order, in: query, description: "asc | desc"}
       - {name: limit, in: query, description: "page size, 1-500 (default 50)"}
@@ -315,6 +320,83 @@ async def refresh_metadata(request: Request) -> JSONResponse:
     return JSONResponse({**result, "worker_running": ctx.worker is not None})
 
 
+async def check_model_update(request: Request) -> JSONResponse:
+    """Ask Civitai now whether the model has a newer version (admin).
+    ---
+    summary: Check the model's Civitai model for a newer version now, whenever it was last checked (admin)
+    description: >
+      The request takes its turn in the fleet's one Civitai rate. A failed check (429, 5xx, timeout) leaves the last
+      answer as it was and is tried again later; `outcome` says which happened. The answer holds the model's `update`.
+    responses:
+      200: {description: "the check's outcome and the model's update (null: none newer)"}
+      401: {description: no admin token}
+      403: {description: not the admin token}
+      404: {description: no such model}
+      409: {description: "update checks are off (MODELSYNC_UPDATE_CHECKS, or the Civitai worker is off), or the model
+        has no Civitai model and version"}
+      503: {description: "the fleet's Civitai rate is pausing after a 429 or a server error: Retry-After says how long"}
+    """
+    ctx = context(request)
+    require_admin(request, ctx.admin_token)
+    model_id = request.path_params["id"]
+    if ctx.update_checks is None:
+        raise ApiError(409, "Civitai update checks are off (MODELSYNC_UPDATE_CHECKS=off or CIVITAI_ENABLED=false)", "id")
+    outcome = await run_in_threadpool(ctx.update_checks.check_model_now, model_id)
+    info = await run_in_threadpool(queries.model_info, ctx.registry.db(), ctx.liveness, model_id)
+    return JSONResponse({"model_id": model_id, "outcome": outcome, "update": info["update"],
+                         "update_check": info["update_check"]})
+
+
+async def order_model_update(request: Request) -> JSONResponse:
+    """Put the model's newer Civitai version on every node that holds the model (admin).
+    ---
+    summary: Order the model's newer Civitai version (its primary file) onto each node that holds the model (admin)
+    description: >
+      One Civitai transfer per node holding the model, except the server's own node and nodes that hold the new
+      version already (`skipped`, with why). A transfer of that file to a node that stands already is answered as
+      it is. The old files stay where they are.
+    responses:
+      200: {description: "no transfer was created: every one stood already, or no node needs it"}
+      201: {description: "transfers created"}
+      401: {description: no admin token}
+      403: {description: not the admin token}
+      404: {description: no such model}
+      409: {description: "no newer version of this model is known (the `update` of its info is null)"}
+      422: {description: "Civitai lists no SHA256 for the new version's primary file (no_hash): nothing could verify it"}
+    """
+    ctx = context(request)
+    require_admin(request, ctx.admin_token)
+    model_id = request.path_params["id"]
+
+    def work() -> tuple[int, list[tuple[Transfer, bool]], list[dict[str, str]]]:
+        db = ctx.registry.db()
+        queries.get_model(db, model_id)
+        found = current_update(db, model_id)
+        if found is None:
+            raise ApiError(409, f"no newer Civitai version of model {model_id} is known", "id")
+        version_id, version = found
+        nodes, skipped = holders(db, model_id, version_id, ctx.config.own_server_id)
+        ordered = []
+        for node in nodes:
+            try:
+                ordered.append(order_civitai_transfer(db, server_id=node, version=version, file_id=None,
+                                                      requested_by="admin"))
+            except ApiError as exc:
+                if exc.status != 409:  # 409: the node holds that file already (under another registry entry)
+                    raise
+                skipped.append({"server_id": node, "why": exc.message})
+        return version_id, ordered, skipped
+
+    version_id, ordered, skipped = await run_in_threadpool(work)
+    for transfer, created in ordered:
+        if created:
+            ctx.signals.notify(transfer.server_id)
+    created = sum(1 for _, was_created in ordered if was_created)
+    return JSONResponse({"model_id": model_id, "version_id": version_id, "created": created,
+                         "transfers": [transfer.to_dict() for transfer, _ in ordered], "skipped": skipped},
+                        status_code=201 if created else 200)
+
+
 async def reset_database(request: Request) -> JSONResponse:
     """Back up, then empty the registry (admin).
     ---
@@ -346,5 +428,7 @@ ROUTES = [
     Route("/api/v1/models/{id:rowid}/preview", model_preview, methods=["GET"]),
     Route("/api/v1/models/{id:rowid}/refresh-metadata", refresh_metadata, methods=["POST"]),
     Route("/api/v1/models/{id:rowid}/calculate-hash", calculate_model_hash, methods=["POST"]),
+    Route("/api/v1/models/{id:rowid}/update", order_model_update, methods=["POST"]),
+    Route("/api/v1/models/{id:rowid}/update-check", check_model_update, methods=["POST"]),
     Route("/api/v1/files/{file_id:rowid}/calculate-hash", calculate_file_hash, methods=["POST"]),
 ]

@@ -24,15 +24,19 @@ from .errors import ApiError
 from .queries import int_param
 from .registry import MAX_ROW_ID, utc_now
 from .transfers import Order, Transfer
+from .transfers.civitai_calls import calls_for
+from .transfers.downloads import DownloadSettings
 from .transfers.ordering import MAX_PAGE_SIZE
-from .transfers.params import node_id
+from .transfers.params import node_id, rate
+from .transfers.requested import order_requested
 
 MAX_BODY_BYTES = 16 * 1024  # an order or a progress report is a few hundred bytes
 MAX_WAIT_SECONDS = 30.0  # the longest a long-poll for orders is held
 MAX_RUNNING_IDS = 1000
-ORDER_FIELDS = frozenset({"server_id", "sha256", "model_id", "source", "from_server_id"})
+ORDER_FIELDS = frozenset({"server_id", "sha256", "model_id", "source", "from_server_id", "civitai_version_id",
+                          "file_id", "url", "role"})
 PROGRESS_FIELDS = frozenset({"state", "bytes_done", "size", "speed_bps", "eta_seconds", "reason", "error", "dest_path",
-                             "source_server_id"})
+                             "source_server_id", "civitai_retry_after"})
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -70,19 +74,28 @@ async def create_transfer(request: Request) -> JSONResponse:
     ---
     summary: Order a copy of a model to a node (admin token; or a node's own token, for transfers to itself)
     description: >
-      Body {"server_id", "sha256" | "model_id", "source"?: "auto" | "peer", "from_server_id"?}. One transfer per
-      node and model stands at a time: ordering it again returns the active one, or a failed one as it is until it
-      is retried (200). The token is checked before the body is read. The destination node learns the order from
-      its long-poll at once.
+      Body {"server_id", "sha256" | "model_id", "source"?: "auto" | "peer" | "civitai", "from_server_id"?}, or
+      {"server_id", "civitai_version_id", "file_id"? (default the version's primary file)}, or {"server_id", "url",
+      "sha256" (required), "role"? (the folder role the file goes to: required when the registry does not know the
+      model's type)}; the URL's file is named by its last path segment. "auto" prefers a peer holding the SHA256 and
+      falls back to Civitai when the registry knows the model's Civitai version. Every field is checked before
+      Civitai is asked. A Civitai version is read from Civitai (within the fleet's rate) and the model registered; a
+      file for which Civitai lists no SHA256 is refused (422, no_hash). One transfer per node
+      and model stands at a time: ordering it again returns the active one, or a failed one as it is until it is
+      retried (200). The token is checked before the body is read. The destination node learns the order from its
+      long-poll at once. A URL's query is never shown.
     responses:
       200: {description: "a transfer of this model to this node stands already: that one"}
       201: {description: "the transfer ordered"}
       400: {description: "a field is missing or wrong; `field` names it"}
       401: {description: no token}
       403: {description: "neither the admin token nor a node's token, or a node's token ordering for another node"}
-      404: {description: "no such node or model"}
-      409: {description: "the node holds the model already, no node holds a usable copy to copy from, or the
-        destination is the server's own node (it runs no agent)"}
+      404: {description: "no such node or model, or Civitai knows no such version or file"}
+      409: {description: "the node holds the model already, no node holds a usable copy to copy from (and no
+        Civitai version is known), Civitai is off, or the destination is the server's own node (it runs no agent)"}
+      422: {description: "no_hash: Civitai lists no SHA256 for the file"}
+      503: {description: "Civitai cannot be asked now (the fleet backs off, it failed, or the request's turn in the
+        fleet's Civitai rate is more than a few seconds away); Retry-After says when"}
     """
     ctx = context(request)
     caller = _caller(ctx, request)
@@ -95,9 +108,8 @@ async def create_transfer(request: Request) -> JSONResponse:
                        "server_id")
 
     def work() -> tuple[Transfer, bool]:
-        return transfers.order_transfer(ctx.registry.db(), server_id=server_id, sha256=body.get("sha256"),
-                              model_id=body.get("model_id"), source=body.get("source", "auto"),
-                              from_server_id=body.get("from_server_id"), requested_by="admin" if caller is None else "node")
+        return order_requested(ctx.registry.db(), calls_for(ctx.worker), body,
+                               requested_by="admin" if caller is None else "node")
 
     transfer, created = await run_in_threadpool(work)
     if created:
@@ -191,7 +203,8 @@ async def report_transfer_progress(request: Request) -> JSONResponse:
     summary: A transfer's progress or outcome, from its destination node (its own token, checked before the body)
     description: >
       Body {"state": running | verifying | done | failed | cancelled, "bytes_done", "size"?, "speed_bps"?,
-      "eta_seconds"?, "reason"? (a failure's reason word), "error"?, "dest_path"?, "source_server_id"?}. The answer
+      "eta_seconds"?, "reason"? (a failure's reason word), "error"?, "dest_path"?, "source_server_id"?,
+      "civitai_retry_after"? (seconds: Civitai answered the node 429 or 5xx; the fleet backs off that long)}. The answer
       is the transfer as it is now: a cancelled one tells the node to stop. What each report makes of a transfer:
       docs/api.md.
     responses:
@@ -208,6 +221,12 @@ async def report_transfer_progress(request: Request) -> JSONResponse:
         raise ApiError(403, f"only the destination node of transfer {transfer_id} reports on it, with its own token",
                        "Authorization")
     body = _fields(expect_object(await read_json(request, MAX_BODY_BYTES, MAX_BODY_BYTES)), PROGRESS_FIELDS)
+    retry_after = rate(body.pop("civitai_retry_after", None), "civitai_retry_after")
+    key = ctx.config.civitai_api_key
+    if key and isinstance(body.get("error"), str) and key in body["error"]:  # a node quoting a URL with ?token=
+        body["error"] = body["error"].replace(key, "[CIVITAI_API_KEY]")
+    if retry_after and ctx.worker is not None:
+        ctx.worker.back_off_for(retry_after)
 
     def work() -> Transfer:
         db = ctx.registry.db()
@@ -252,6 +271,13 @@ def _node_itself(ctx: ServerContext, request: Request, server_id: str) -> None:
         raise ApiError(403, f"the token is not node {server_id}'s own token (orders go to the node itself)", "Authorization")
 
 
+def _download_settings(ctx: ServerContext) -> DownloadSettings:
+    """The key goes with the orders only when the operator said so; the back-off is the fleet's."""
+    key = ctx.config.civitai_api_key if ctx.config.share_civitai_key else None
+    paused = ctx.worker is not None and ctx.worker.paused_seconds() > 0
+    return DownloadSettings(ctx.config.civitai_api_base, paused, key)
+
+
 async def transfer_orders(request: Request) -> JSONResponse:
     """A node asks for its transfer orders (a long-poll).
     ---
@@ -259,8 +285,11 @@ async def transfer_orders(request: Request) -> JSONResponse:
     description: >
       `wait` (seconds, at most 30; default 0): with nothing to start, the answer is held until an order, a cancel, a
       retry or a new source concerns this node, or the time is up (then `{"orders": []}`). `running`: the ids of the
-      transfers the node runs now (comma-separated), left out of the answer. The answer carries grants: it is sent
-      with Cache-Control no-store and never logged.
+      transfers the node runs now (comma-separated), left out of the answer. Each source has its `kind`: peer (with
+      a grant), civitai (Civitai's download endpoint of the file and the version JSON; the server's API key only
+      when MODELSYNC_SHARE_CIVITAI_KEY=true) or url. No Civitai order is handed out while the fleet backs off from
+      Civitai. The answer carries grants and may carry the key: it is sent with Cache-Control no-store and never
+      logged.
     parameters:
       - {name: wait, in: query}
       - {name: running, in: query}
@@ -278,7 +307,8 @@ async def transfer_orders(request: Request) -> JSONResponse:
 
     def read() -> list[Order]:
         db = ctx.registry.db()
-        return transfers.orders_for(db, server_id, ctx.liveness.online_ids(db), utc_now(), in_progress=running)
+        return transfers.orders_for(db, server_id, ctx.liveness.online_ids(db), utc_now(), in_progress=running,
+                                    downloads=_download_settings(ctx))
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait

@@ -109,7 +109,7 @@ def test_the_admin_orders_a_copy_once_and_ordering_it_again_returns_the_same_tra
     assert r.status_code == 201, r.text
     transfer = r.json()
     assert (transfer["server_id"], transfer["sha256"], transfer["state"]) == ("node-b", sha256, "queued")
-    assert transfer["source"] == {"kind": "peer", "server_id": None} and transfer["size"] == fleet.lora.stat().st_size
+    assert transfer["source"] == {"kind": "peer", "server_id": None, "civitai": None, "url": None} and transfer["size"] == fleet.lora.stat().st_size
     again = fleet.order({"server_id": "node-b", "model_id": transfer["model_id"], "source": "peer"})
     assert again.status_code == 200 and again.json()["id"] == transfer["id"]
     assert fleet.transfers(server_id="node-b")["total"] == 1
@@ -146,7 +146,7 @@ def test_what_cannot_be_ordered_is_refused_with_its_field(fleet):
         ({"server_id": "node-z", "sha256": sha256}, 404, "server_id"),
         ({"server_id": "node-b", "sha256": "0" * 64}, 404, "sha256"),
         ({"server_id": "node-b"}, 400, "sha256"),
-        ({"server_id": "node-b", "sha256": sha256, "source": "civitai"}, 400, "source"),
+        ({"server_id": "node-b", "sha256": sha256, "source": "ftp"}, 400, "source"),
         ({"server_id": "node-b", "sha256": sha256, "path": "/etc/passwd"}, 400, "path"),
     ]
     for body, status, field in cases:
@@ -248,7 +248,7 @@ def test_only_the_destination_node_reports_progress(fleet):
     assert r.status_code == 200, r.text
     reported = r.json()
     assert (reported["state"], reported["bytes_done"], reported["eta_seconds"]) == ("running", 1024, 3.5)
-    assert reported["source"] == {"kind": "peer", "server_id": "node-a"}
+    assert reported["source"] == {"kind": "peer", "server_id": "node-a", "civitai": None, "url": None}
     for body, field in (({"state": "queued", "bytes_done": 0}, "state"), ({"state": "running"}, "bytes_done"),
                         ({"state": "failed", "bytes_done": 0, "reason": "bored"}, "reason"),
                         ({"state": "running", "bytes_done": 0, "grant": "x"}, "grant")):

@@ -135,7 +135,7 @@ def test_ordering_twice_gives_the_same_transfer_in_the_issue_s_shape(fleet, lora
     assert (transfer.rel_name, transfer.role, transfer.size) == ("Styles/style.safetensors", "lora", held.size)
     shown = transfer.to_dict()
     assert set(shown) == TRANSFER_KEYS
-    assert shown["sha256"] == held.sha256 and shown["source"] == {"kind": "peer", "server_id": None}
+    assert shown["sha256"] == held.sha256 and shown["source"] == {"kind": "peer", "server_id": None, "civitai": None, "url": None}
     again, created_again = order_transfer(fleet.db, server_id="b", model_id=transfer.model_id, source="peer",
                                           requested_by="queue")
     assert not created_again and again.id == transfer.id
@@ -172,7 +172,7 @@ def test_orders_that_cannot_succeed_are_refused_naming_the_field(fleet, lora, ch
     assert refused(order, fleet, "b", "../etc/passwd") == (400, "sha256")
     assert refused(order_transfer, db, server_id="b", model_id=True, requested_by="admin") == (400, "model_id")
     assert refused(order, fleet, ["b"], held.sha256) == (400, "server_id")
-    assert refused(order, fleet, "b", held.sha256, source="civitai") == (400, "source")
+    assert refused(order, fleet, "b", held.sha256, source="ftp") == (400, "source")
     fleet.node("d")
     fleet.put("d", lora, "style.safetensors")
     with pytest.raises(ApiError, match="node a already holds this model") as holds:
@@ -226,7 +226,7 @@ def test_a_requested_source_is_the_only_one_used(fleet, lora):
     held = fleet.put("old", lora, "a.safetensors")
     fleet.put("new", lora, "b.safetensors")
     transfer, _ = order(fleet, "dest", held.sha256, from_server_id="old")
-    assert transfer.rel_name == "a.safetensors" and transfer.to_dict()["source"] == {"kind": "peer", "server_id": "old"}
+    assert transfer.rel_name == "a.safetensors" and transfer.to_dict()["source"] == {"kind": "peer", "server_id": "old", "civitai": None, "url": None}
     [only] = orders_for(fleet.db, "dest", fleet.online(), utc_now())
     assert [s.server_id for s in only.sources] == ["old"]
 

@@ -38,7 +38,8 @@ def test_a_v8_registry_migrates_to_v9_keeping_its_data(tmp_path):
     db = open_catalog(path)
     token = issue_token(db, "a")
     apply_inventory(db, Inventory("a", files=[lora("/m/style.safetensors")]))
-    before = {table: db[table].count for table in db.table_names()}
+    # registry_versions is bookkeeping: later steps add their own change counters to it
+    before = {table: db[table].count for table in db.table_names() if table != "registry_versions"}
     db.conn.close()
 
     registry = Registry(path, tmp_path / "backups")

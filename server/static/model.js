@@ -1,5 +1,6 @@
 // A model's page: the admin's overrides, rejecting a wrong Civitai match, removing a stale file (availability row),
-// ordering a copy to another node (the answer, or the server's refusal, with a link to the Transfers page).
+// ordering a copy to another node (the answer, or the server's refusal, with a link to the Transfers page), and putting
+// the model's newer Civitai version on the nodes that hold it.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -76,6 +77,33 @@ document.addEventListener("DOMContentLoaded", () => {
     }
   }
 
+  async function orderUpdate() {
+    const button = document.getElementById("order-update");
+    button.disabled = true;
+    try {
+      const answer = await ModelSync.api("POST", "/api/v1/models/" + modelId + "/update", undefined, true);
+      const message = document.getElementById("update-message");
+      if (!answer.ok) {
+        ModelSync.say(message, "Update refused: " + answer.error, "error");
+        return;
+      }
+      const { transfers, created, skipped } = answer.data;
+      const nodes = transfers.map((t) => t.server_id).join(", ");
+      let text = transfers.length
+        ? (created ? "Ordered" : "Already ordered") + " version " + answer.data.version_id + " on " + nodes +
+          " (" + transfers.length + " transfer" + (transfers.length === 1 ? "" : "s") + "). "
+        : "No node needs it. ";
+      if (skipped.length) text += "Skipped: " + skipped.map((s) => s.server_id + " (" + s.why + ")").join(", ") + ". ";
+      ModelSync.say(message, text, "success");
+      if (transfers.length) {
+        message.append(ModelSync.el("a", { id: "update-transfers-link", text: "See them on the Transfers page",
+          href: "/dashboard/transfers" }));
+      }
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function bind() {
     const form = document.getElementById("override-form");
     if (form) form.addEventListener("submit", saveOverrides);
@@ -84,6 +112,8 @@ document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll(".remove-file").forEach((b) => b.addEventListener("click", removeFile));
     const copy = document.getElementById("copy-form");
     if (copy) copy.addEventListener("submit", copyToNode);
+    const update = document.getElementById("order-update");
+    if (update) update.addEventListener("click", orderUpdate);
   }
 
   bind();

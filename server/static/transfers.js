@@ -48,10 +48,28 @@ document.addEventListener("DOMContentLoaded", () => {
     return RETRYABLE.includes(state) ? "badge missing" : "badge warn";
   }
 
+  // the same words as the page's source_cell: a peer node, Civitai's model and version (linked), or a URL's host/path
+  function sourceCell(s) {
+    if (s.kind === "civitai" && s.civitai) {
+      const c = s.civitai;
+      const link = el("a", { className: "civitai-link", text: (c.model_name || "model " + c.model_id) + " · " +
+        (c.version_name || "version " + c.version_id) });
+      link.href = "https://civitai.com/models/" + encodeURIComponent(c.model_id) + "?modelVersionId=" +
+        encodeURIComponent(c.version_id);
+      link.rel = "noopener noreferrer";
+      link.target = "_blank";
+      return [el("span", { className: "source-kind", text: "Civitai" }), " · ", link];
+    }
+    if (s.kind === "url") {
+      return [el("span", { className: "source-kind", text: "URL" }), " · ", el("span", { className: "source-url", text: s.url || "" })];
+    }
+    return [el("span", { className: "source-kind", text: s.kind }), s.server_id ? " · " + s.server_id : ""];
+  }
+
   function update(row, t) {
     row.dataset.state = t.state;
     const cell = (name) => row.querySelector("td." + name);
-    cell("source").textContent = t.source.kind + (t.source.server_id ? " · " + t.source.server_id : "");
+    cell("source").replaceChildren(...sourceCell(t.source));
     cell("state").replaceChildren(el("span", { className: badgeClass(t.state), text: t.state }));
     const bar = cell("progress").querySelector("progress");
     if (t.size) {

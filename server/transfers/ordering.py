@@ -26,6 +26,10 @@ MAX_PAGE_SIZE = 500
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
+class NoPeer(ApiError):
+    """No node can be a source of this model ("auto" then falls back to Civitai when it can)."""
+
+
 def _model(db: sqlite_utils.Database, sha256: Any, model_id: Any) -> tuple[int, str, int | None, str]:
     """(id, SHA256, size, the field that named it) of the model the order names."""
     if (sha256 is None) == (model_id is None):
@@ -49,14 +53,16 @@ def order_transfer(
     db: sqlite_utils.Database, *, server_id: Any, sha256: Any = None, model_id: Any = None, source: Any = "auto",
     from_server_id: Any = None, requested_by: str, now: datetime | None = None,
 ) -> tuple[Transfer, bool]:
-    """Order a copy of the model to node `server_id`; (the transfer, True) when this call created it, (the standing
-    one, False) when one is active or failed already. `source`: "auto" (today a peer) or "peer"; `from_server_id`:
-    the only node to copy from."""
+    """Order a copy of the model from a peer to node `server_id`; (the transfer, True) when this call created it, (the
+    standing one, False) when one is active or failed already. `source`: "auto" or "peer" (Civitai and URL orders:
+    downloads.py, chosen by `transfers.requests`); `from_server_id`: the only node to copy from."""
     if requested_by not in REQUESTERS:
         raise ValueError(f"requested_by must be one of {', '.join(REQUESTERS)}")
     server_id = node_id(server_id, "server_id")
     if source not in SOURCE_MODES:
         raise ApiError(400, f"source must be one of {', '.join(SOURCE_MODES)}", "source")
+    if source not in ("auto", "peer"):
+        raise ValueError("order_transfer orders copies from peers")
     if from_server_id is not None:
         from_server_id = node_id(from_server_id, "from_server_id")
     stamped = store.stamp(now)
@@ -75,12 +81,12 @@ def order_transfer(
                 raise ApiError(404, f"no node {from_server_id!r}", "from_server_id")
             found = [h for h in found if h.server_id == from_server_id]
             if not found:
-                raise ApiError(409, f"node {from_server_id} holds no usable copy of this model", "from_server_id")
+                raise NoPeer(409, f"node {from_server_id} holds no usable copy of this model", "from_server_id")
         if not found:
-            raise ApiError(409, "no node holds a usable copy of this model to copy from", named)
+            raise NoPeer(409, "no node holds a usable copy of this model to copy from", named)
         chosen = next((h for h in found if not h.excluded), None)
         if chosen is None:
-            raise ApiError(409, "every node holding this model sent wrong bytes of it and has not hashed its file "
+            raise NoPeer(409, "every node holding this model sent wrong bytes of it and has not hashed its file "
                                 "again", "from_server_id" if from_server_id else named)
         cursor = db.conn.execute(
             """INSERT INTO transfers (server_id, sha256, model_id, state, source_kind, requested_source_id, size,

@@ -19,6 +19,7 @@ from modelsync.shared.transfer.protocol import file_url
 
 from ..registry import iso
 from . import store
+from .downloads import DownloadSettings, download_source
 from .records import NO_ONLINE_HOLDER, Order, OrderSource, Transfer
 from .sources import MAX_SOURCES, Holder, usable_sources
 
@@ -26,10 +27,12 @@ _NO_ONLINE_HOLDER_ERROR = "no online node holding this model can serve it now (o
 
 
 def orders_for(db: sqlite_utils.Database, server_id: str, online_ids: Collection[str], now: datetime, *,
-               in_progress: Collection[int] = ()) -> list[Order]:
+               in_progress: Collection[int] = (), downloads: DownloadSettings | None = None) -> list[Order]:
     """The node's transfers to start or resume now (queued, waiting for a source, or running/verifying ones it is not
     running: it restarted), best source first. A transfer with no usable source moves to waiting_source, and back
-    to queued when one is there; one whose model the node holds already is done."""
+    to queued when one is there; one whose model the node holds already is done. A download (Civitai, URL) has its
+    one source, not handed out during its back-off after a failure; a Civitai one not while the fleet backs off from
+    Civitai (nor without `downloads`)."""
     with read_snapshot(db):
         plans = []
         for transfer in store.active_of(db, server_id):
@@ -37,7 +40,12 @@ def orders_for(db: sqlite_utils.Database, server_id: str, online_ids: Collection
                 continue
             waiting = transfer.state in ("queued", "waiting_source") and transfer.model_id is not None
             held = store.holds(db, server_id, transfer.model_id) if waiting else None
-            plans.append((transfer, held, [] if held else usable_sources(db, transfer, online_ids)))
+            if held or transfer.source_kind == "peer":
+                plans.append((transfer, held, [] if held else usable_sources(db, transfer, online_ids)))
+                continue
+            found = download_source(db, transfer, downloads, now) if downloads is not None else None
+            if found is not None:  # else it waits as it is (queued) until the back-off ends
+                plans.append((transfer, None, [found]))
     stamped = iso(now)
     orders, changes = [], []
     for transfer, held, sources in plans:
@@ -55,7 +63,8 @@ def orders_for(db: sqlite_utils.Database, server_id: str, online_ids: Collection
                 changes.append((transfer, _waiting(transfer, stamped), None))
             continue
         order = Order(transfer.id, transfer.sha256, transfer.size, rel_name, transfer.role,
-                      tuple(_source(h, transfer, server_id, now) for h in sources[:MAX_SOURCES]))
+                      tuple(_source(h, transfer, server_id, now) if isinstance(h, Holder) else h
+                            for h in sources[:MAX_SOURCES]))
         if transfer.state == "waiting_source":
             changes.append((transfer, _queued_again(transfer), order))
         else:

@@ -24,10 +24,12 @@ def byte_count(value: Any, name: str) -> int:
 
 
 def rate(value: Any, name: str) -> float | None:
+    """A number, 0 or more; an int too large for a float (10**400) is refused before it is converted."""
     if value is None:
         return None
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise ApiError(400, f"{name} must be a number, 0 or more, or null", name)
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or (isinstance(value, int) and value > MAX_ROW_ID) or not math.isfinite(value) or value < 0):
+        raise ApiError(400, f"{name} must be a number from 0 to {MAX_ROW_ID}, or null", name)
     return float(value)
 
 

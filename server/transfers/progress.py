@@ -17,6 +17,12 @@ waiting_source are the server's to decide.
 | failed: root_unavailable        | failed: mount the share (never another disk), then retry   | yes             |
 | failed: bad_name                | failed: the source's name is empty once made safe          | yes             |
 
+A download (Civitai, URL) has no other source to turn to:
+| failed: rate_limited, source_gone | queued: handed out again after its back-off (6), a Civitai | after 5 attempts |
+|                                 | one not before the fleet's back-off ends either            |                 |
+| failed: auth_required, early_access, not_found, no_hash, url_refused (TERMINAL_DOWNLOAD_REASONS), or any other
+|                                 | failed, never handed out again until an admin retries it   | yes             |
+
 (1) An attempt is counted when it starts from queued or waiting_source; the last failure's reason and error stay
     until bytes flow again (a running report with more bytes than the last one).
 (2) The source that failed is not chosen again for this transfer until its node is heard from after the failure
@@ -26,6 +32,8 @@ waiting_source are the server's to decide.
     of its file and `clear_exclusions_after_sync` ends it when the file has another one.
 (5) queued when another holder can serve now, waiting_source when the others are offline, failed when no other
     node (or not the requested one) holds it.
+(6) A download's failure counts as an attempt when no running report counted it (it failed at open); the order is
+    handed out again only `downloads.retry_delay(attempts)` after the failure: 30 s, doubling, at most 15 minutes.
 
 Without `online_ids` (unknown) a transfer that may go on becomes queued; the node's next orders decide.
 """
@@ -48,6 +56,8 @@ from .sources import file_mtime, holders, usable_sources
 
 REPORTED_STATES = ("running", "verifying", "done", "failed", "cancelled")
 SOURCE_FAILURES = frozenset({"source_gone", "changed", "not_allowed", "hash_mismatch", "too_long"})
+PASSING_DOWNLOAD_FAILURES = frozenset({"rate_limited", "source_gone"})
+MAX_DOWNLOAD_ATTEMPTS = 5
 WRONG_BYTES = frozenset({"hash_mismatch", "too_long"})
 MAX_ERROR_CHARS = 1000
 MAX_PATH_CHARS = 4096
@@ -113,6 +123,12 @@ def _failed(db: sqlite_utils.Database, transfer: Transfer, reason: str, error: s
             online_ids: Collection[str] | None, stamped: str) -> dict[str, Any]:
     failure = {"reason": reason, "error": error, "reason_at": stamped, "speed_bps": None, "eta_seconds": None}
     terminal = {**failure, "state": "failed", "finished_at": stamped}
+    if transfer.source_kind != "peer":
+        # a download that fails before its first progress report (unreachable, 429/5xx at open) counts too
+        attempts = transfer.attempts + (0 if transfer.state in RESUMABLE_STATES else 1)
+        passing = reason in PASSING_DOWNLOAD_FAILURES and attempts < MAX_DOWNLOAD_ATTEMPTS
+        return {**failure, "attempts": attempts, "state": "queued" if passing else "failed",
+                **({} if passing else {"finished_at": stamped})}
     if reason not in SOURCE_FAILURES:
         return terminal
     source = reported_source or transfer.source_server_id

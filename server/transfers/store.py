@@ -8,6 +8,7 @@ import sqlite_utils
 
 from ..errors import ApiError
 from ..registry import MAX_ROW_ID, iso, utc_now
+from ..webhooks.transfer_events import transfer_changed
 from .records import ACTIVE_STATES, Transfer
 
 STANDING_STATES = ACTIVE_STATES + ("failed",)  # at most one per (node, SHA256): the registry's unique index
@@ -72,6 +73,8 @@ def update(db: sqlite_utils.Database, transfer: Transfer, changes: dict[str, Any
     assignments = ", ".join(f"{column} = ?" for column in values)
     cursor = db.conn.execute(f"UPDATE transfers SET {assignments} WHERE id = ? AND state = ?",
                              [*values.values(), transfer.id, transfer.state])
+    if cursor.rowcount == 1:
+        transfer_changed(db, transfer, values)  # transfer.completed / transfer.failed into the webhook outbox
     return cursor.rowcount == 1
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+
+from ..transfer.urls import shown
 
 DEFAULT_BASE = "https://civitai.com"
 BULK_LIMIT = 100
@@ -36,7 +38,8 @@ class BulkResult:
 
 
 class ImageRejected(ValueError):
-    """An image URL or response that is not fetched or kept; str() is the reason. `transient` failures (429,
+    """An image URL or response that is not fetched or kept; str() is the reason (the URL only as `shown`: its query
+    may be signed). `transient` failures (429,
     5xx, timeouts, connection errors) are worth another try, after `retry_after` seconds when the server said."""
 
     def __init__(self, reason: str, transient: bool = False, retry_after: float | None = None):
@@ -110,6 +113,24 @@ class CivitaiClient:
             return LookupResult("error", error="answer is not a JSON object")
         return LookupResult("found", data=data)
 
+    def model(self, model_id: int) -> LookupResult:
+        """GET /api/v1/models/{id}: the model with every published version (`modelVersions[]`)."""
+        data, status, retry_after, error = self._call("GET", f"{self.base_url}/api/v1/models/{int(model_id)}")
+        if status != "ok":
+            return LookupResult(status, retry_after=retry_after, error=error)
+        if not isinstance(data, dict):
+            return LookupResult("error", error="answer is not a JSON object")
+        return LookupResult("found", data=data)
+
+    def model_version(self, version_id: int) -> LookupResult:
+        """GET /api/v1/model-versions/{id}: the version with its files and their hashes."""
+        data, status, retry_after, error = self._call("GET", f"{self.base_url}/api/v1/model-versions/{int(version_id)}")
+        if status != "ok":
+            return LookupResult(status, retry_after=retry_after, error=error)
+        if not isinstance(data, dict):
+            return LookupResult("error", error="answer is not a JSON object")
+        return LookupResult("found", data=data)
+
     def by_hashes(self, sha256s: list[str]) -> BulkResult:
         if len(sha256s) > BULK_LIMIT:
             raise ValueError(f"at most {BULK_LIMIT} hashes per request")
@@ -133,14 +154,14 @@ class CivitaiClient:
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         if parts.scheme not in ("http", "https"):
-            raise ImageRejected(f"not an http(s) URL: {url}")
+            raise ImageRejected(f"not an http(s) URL: {shown(url)}")
         if not any(host == h or host.endswith("." + h) for h in allowed_hosts):
             raise ImageRejected(f"host {host!r} is not an allowed image host")
         try:
             with self.session.get(url, timeout=self.timeout, stream=True, headers={"User-Agent": "modelsync"}) as response:
                 if response.status_code != 200:
                     status = response.status_code
-                    raise ImageRejected(f"HTTP {status} for {url}", transient=status == 429 or status >= 500,
+                    raise ImageRejected(f"HTTP {status} for {shown(url)}", transient=status == 429 or status >= 500,
                                         retry_after=parse_retry_after(response.headers.get("Retry-After")))
                 content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 if not content_type.startswith("image/"):
@@ -151,5 +172,5 @@ class CivitaiClient:
                     if len(data) > max_bytes:
                         raise ImageRejected(f"image larger than {max_bytes} bytes")
         except requests.RequestException as exc:
-            raise ImageRejected(f"{type(exc).__name__}: {exc}", transient=True) from None
+            raise ImageRejected(f"{type(exc).__name__} for {shown(url)}", transient=True) from None  # str(exc) has the query
         return bytes(data), content_type

@@ -1,5 +1,7 @@
 """The node agent's requests to the central server: the push client's, with the URL peers fetch this node's files
-from (`files_url`, in every sync and heartbeat), plus the transfer orders (a long-poll) and progress reports."""
+from (`files_url`, in every sync and heartbeat), plus the transfer orders (a long-poll) and progress reports.
+An order's sources are of three kinds: a peer node (with its grant), Civitai (its download endpoint, the version's
+JSON, maybe the server's key) and a URL; none of their secrets is ever in a repr or a log."""
 from __future__ import annotations
 
 import gzip
@@ -25,24 +27,58 @@ class OrderSource:
     server_id: str
     base_url: str  # the source node's files URL (the order's URL less the file path)
     grant: str = field(repr=False)  # a bearer credential: never in a repr or a log
+    kind = "peer"
+
+
+@dataclass(frozen=True)
+class CivitaiOrderSource:
+    version_id: int
+    file_id: int
+    download_url: str  # Civitai's endpoint (no credential in it)
+    version: dict[str, Any] = field(repr=False, compare=False)  # the model-version JSON: sidecar, preview, SHA256
+    api_key: str | None = field(default=None, repr=False)  # the server's, when it shares it: a secret
+    kind = "civitai"
+    server_id = None
+
+
+@dataclass(frozen=True)
+class UrlOrderSource:
+    url: str = field(repr=False)  # its query may hold a token
+    kind = "url"
+    server_id = None
+
+
+AnySource = OrderSource | CivitaiOrderSource | UrlOrderSource
 
 
 @dataclass(frozen=True)
 class TransferOrder:
     transfer_id: int
     sha256: str
-    size: int
+    size: int | None  # None: not known exactly (a Civitai or URL download); the stream's length and SHA256 decide
     rel_name: str
     role: str | None
-    sources: tuple[OrderSource, ...]
+    sources: tuple[AnySource, ...]
 
 
-def _source(data: Any, sha256: str) -> OrderSource | None:
+def _source(data: Any, sha256: str) -> AnySource | None:
     if not isinstance(data, dict):
         return None
+    kind = data.get("kind", "peer")
+    if kind == "civitai":
+        version_id, file_id, url, version = (data.get(k) for k in ("version_id", "file_id", "download_url", "version"))
+        api_key = data.get("api_key")
+        if not (isinstance(version_id, int) and isinstance(file_id, int) and isinstance(url, str)
+                and isinstance(version, dict) and (api_key is None or isinstance(api_key, str))):
+            return None
+        return CivitaiOrderSource(version_id, file_id, url, version, api_key or None)
+    if kind == "url":
+        url = data.get("url")
+        return UrlOrderSource(url) if isinstance(url, str) else None
     server_id, url, grant = data.get("server_id"), data.get("url"), data.get("grant")
     suffix = FILES_PATH + sha256
-    if not (isinstance(server_id, str) and isinstance(url, str) and isinstance(grant, str) and url.endswith(suffix)):
+    if not (kind == "peer" and isinstance(server_id, str) and isinstance(url, str) and isinstance(grant, str)
+            and url.endswith(suffix)):
         return None
     return OrderSource(server_id, url[: -len(suffix)], grant)
 
@@ -57,7 +93,7 @@ def parse_order(data: Any) -> TransferOrder | None:
     transfer_id, sha256, size, rel_name, role = (data.get(k) for k in ("transfer_id", "sha256", "size", "rel_name", "role"))
     sources = [_source(s, sha256) for s in data.get("sources") or []] if isinstance(sha256, str) else []
     usable = (isinstance(transfer_id, int) and isinstance(sha256, str) and _SHA256.fullmatch(sha256)
-              and isinstance(size, int) and size >= 0 and isinstance(rel_name, str) and (role is None or isinstance(role, str))
+              and (size is None or isinstance(size, int) and size >= 0) and isinstance(rel_name, str) and (role is None or isinstance(role, str))
               and all(s is not None for s in sources))
     if not usable:
         log.warning("an order from the central server is not one this node can run (transfer %r); ignored", transfer_id)
@@ -76,8 +112,10 @@ class NodeClient(ServerClient):
                           gzip.compress(json.dumps(body, separators=(",", ":")).encode(), compresslevel=6),
                           {"Content-Type": "application/json", "Content-Encoding": "gzip"})
 
-    def heartbeat(self, display_name: str | None = None, api_url: str | None = None) -> dict[str, Any]:
-        body = {k: v for k, v in {"display_name": display_name, "api_url": api_url}.items() if v is not None}
+    def heartbeat(self, display_name: str | None = None, api_url: str | None = None,
+                  state: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`state`: what the node is doing (shared/node/state.py StateReport.to_dict())."""
+        body = {k: v for k, v in {"display_name": display_name, "api_url": api_url, "state": state}.items() if v is not None}
         return self._post(f"api/v1/servers/{self.credentials.server_id}/heartbeat",
                           json.dumps({**body, **self._files_url()}).encode(), {"Content-Type": "application/json"})
 

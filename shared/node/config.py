@@ -2,10 +2,31 @@
 `modelsync node` its flags); the engine reads them again every round, so a changed setting applies at once."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..records import DEFAULT_MAX_HASH_SIZE
 from ..transfer.receiver import DEFAULT_FLOOR_BYTES
+
+
+CIVITAI_HOSTS = ("civitai.com", "civitai.red")  # where the node's own key may go (and their sub-domains)
+CIVITAI_IMAGE_HOSTS = ("image.civitai.com", "imagecache.civitai.com")
+
+
+def _env_key() -> str | None:
+    return os.environ.get("CIVITAI_API_KEY", "").strip() or None
+
+
+def _key_hosts() -> tuple[str, ...]:
+    """Civitai's hosts, and the host of CIVITAI_API_BASE when set (a proxy, a stand-in)."""
+    base = urlsplit(os.environ.get("CIVITAI_API_BASE", "")).hostname
+    return CIVITAI_HOSTS + ((base.lower(),) if base else ())
+
+
+def _image_hosts() -> tuple[str, ...]:
+    hosts = os.environ.get("CIVITAI_IMAGE_HOSTS", "")
+    return tuple(h.strip().lower() for h in hosts.split(",") if h.strip()) or CIVITAI_IMAGE_HOSTS
 
 
 @dataclass(frozen=True)
@@ -26,3 +47,7 @@ class NodeConfig:
     max_transfers: int = 2  # in parallel
     bandwidth_bps: int | None = None  # per transfer; None: unlimited
     free_floor_bytes: int = DEFAULT_FLOOR_BYTES  # free space a transfer leaves on the destination's disk
+    # the node's own Civitai key (CIVITAI_API_KEY): used for Civitai downloads before a key the server shares
+    civitai_api_key: str | None = field(default_factory=_env_key, repr=False)
+    civitai_key_hosts: tuple[str, ...] = field(default_factory=_key_hosts)  # the only hosts the own key goes to
+    civitai_image_hosts: tuple[str, ...] = field(default_factory=_image_hosts)  # previews of downloads come from

@@ -5,7 +5,13 @@ progress reported about once a second, and the outcome reported.
 A transfer goes to the first available root of its role with room for it; an unavailable root (an unmounted share)
 is never used. A clean stop cancels the transfers under way without reporting them: their temp files stay, the
 server still has them running, and the next start is handed them again and resumes from the temp files. Our temp
-files that no order wants any more (a crash) are removed once the server has told which transfers stand."""
+files that no order wants any more (a crash) are removed once the server has told which transfers stand.
+
+A Civitai source uses the node's own CIVITAI_API_KEY (sent only to Civitai's hosts) or else the key the server
+shares in the order; after the rename the version's JSON sidecar and preview are written beside the file. A 429 or
+5xx from Civitai's API host is reported at once (`civitai_retry_after`: the wait) so the whole fleet backs off.
+Terminal answers (auth, early access, not found, no hash, a refused URL) are reported failed and never tried again
+here."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +21,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+from ..civitai.client import CivitaiClient
+from ..civitai.companions import write_companions
+from ..civitai.download import CivitaiSource, expected_file, size_limit
 from ..push_client import PushError
 from ..records import Root
 from ..transfer.companions import fetch_companions
@@ -24,7 +34,10 @@ from ..transfer.failures import TransferFailed
 from ..transfer.partfiles import part_name, remove_orphaned_parts
 from ..transfer.peer_source import PeerSource
 from ..transfer.receiver import Progress, Received, ReceiveOptions, receive
-from .client import MAX_WAIT_SECONDS, NodeClient, TransferOrder
+from ..transfer.source import Source
+from ..transfer.url_source import ResumableGet, UrlSource
+from ..transfer.urls import shown
+from .client import MAX_WAIT_SECONDS, AnySource, CivitaiOrderSource, NodeClient, OrderSource, TransferOrder
 from .config import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -33,7 +46,7 @@ ORDER_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # after the 1st, 2nd, ... fai
 IDLE_SECONDS = 5.0  # transfers off or no server: the settings are read again after this long
 MIN_POLL_SECONDS = 1.0  # a server that answers "nothing" at once is not asked again sooner
 PROGRESS_SECONDS = 1.0
-SOURCE_FAILURES = frozenset({"source_gone", "changed", "not_allowed", "hash_mismatch", "too_long"})
+SOURCE_FAILURES = frozenset({"source_gone", "changed", "not_allowed", "hash_mismatch", "too_long", "rate_limited"})
 FINISHED = ("done", "failed", "cancelled")
 
 
@@ -60,6 +73,33 @@ class Running:
     progress: Progress | None = None
     source_id: str | None = None
     cancelled_by_server: bool = False
+
+
+def _described(source: AnySource) -> str:
+    if isinstance(source, OrderSource):
+        return source.server_id
+    if isinstance(source, CivitaiOrderSource):
+        return f"Civitai version {source.version_id} file {source.file_id}"
+    return shown(source.url)
+
+
+def _expected_size(order: TransferOrder) -> int:
+    """The bytes a transfer needs room for: the order's size, else the largest Civitai listing (0: unknown)."""
+    if order.size is not None:
+        return order.size
+    listed = []
+    for source in order.sources:
+        if isinstance(source, CivitaiOrderSource):
+            try:
+                listed.append(size_limit(expected_file(source.version, source.file_id)) or 0)
+            except TransferFailed:
+                continue
+    return max(listed, default=0)
+
+
+def _key_host(url: str, hosts: tuple[str, ...]) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return any(host == h or host.endswith("." + h) for h in hosts)
 
 
 class TransferRunner:
@@ -180,7 +220,7 @@ class TransferRunner:
     def _transfer(self, transfer: Running) -> None:
         order, config = transfer.order, self._config()
         try:
-            root = choose_root(self._roots(), order.role, order.size, config.free_floor_bytes)
+            root = choose_root(self._roots(), order.role, _expected_size(order), config.free_floor_bytes)
         except TransferFailed as failed:
             self._report(transfer, "failed", reason=failed.reason, error=failed.message)
             return
@@ -188,16 +228,17 @@ class TransferRunner:
                                  progress_interval_seconds=PROGRESS_SECONDS)
         for source in order.sources:
             transfer.source_id = source.server_id
-            peer = PeerSource(source.base_url, order.sha256, order.size, config.node_id, source.grant)
-            log.info("transfer %d: %s from %s into %s", order.transfer_id, order.rel_name, source.server_id, root.path)
+            log.info("transfer %d: %s from %s into %s", order.transfer_id, order.rel_name, _described(source), root.path)
+            fetcher: Source | None = None
             try:
-                received = receive(peer, root.path, order.rel_name, options=options,
+                fetcher = self._source(transfer, source, config)
+                received = receive(fetcher, root.path, order.rel_name, options=options,
                                    progress=lambda p: self._progress(transfer, p), cancel=transfer.cancel)
             except TransferFailed as failed:
                 if failed.reason == "cancelled":
                     self._cancelled(transfer, root)
                     return
-                log.warning("transfer %d from %s failed: %s (%s)", order.transfer_id, source.server_id, failed.reason,
+                log.warning("transfer %d from %s failed: %s (%s)", order.transfer_id, _described(source), failed.reason,
                             failed.message)
                 answer = self._report(transfer, "failed", reason=failed.reason, error=failed.message,
                                      source_server_id=source.server_id)
@@ -205,19 +246,56 @@ class TransferRunner:
                     continue  # the next source of this order, with its own grant
                 return
             finally:
-                peer.session.close()
+                if fetcher is not None:
+                    fetcher.session.close()
             if received.renamed:
                 log.warning("transfer %d: %s holds another file; the copy is %s", order.transfer_id, received.wanted_name,
                             received.rel_name)
-            fetch_companions(source.base_url, order.sha256, config.node_id, source.grant, received.path)
+            self._companions(source, order, config, received)
             self._received(root, received)
             if self.on_recorded is not None:
                 self.on_recorded(root, received)
-            self._report(transfer, "done", bytes_done=order.size, dest_path=received.path, source_server_id=source.server_id)
+            self._report(transfer, "done", bytes_done=received.size, size=received.size, dest_path=received.path,
+                         source_server_id=source.server_id)
             return
         if not order.sources:
             log.info("transfer %d: the order names no source now; the server hands it out again when one is back",
                      order.transfer_id)
+
+    def _source(self, transfer: Running, source: AnySource, config: NodeConfig) -> Source:
+        """The receiver's source for one of the order's; raises the refusals known before any request (no_hash,
+        url_refused)."""
+        order = transfer.order
+        if isinstance(source, OrderSource):
+            return PeerSource(source.base_url, order.sha256, order.size, config.node_id, source.grant)
+        http = ResumableGet(cancel=transfer.cancel)
+        if not isinstance(source, CivitaiOrderSource):
+            return UrlSource(source.url, order.sha256, size=order.size, http=http)
+        file = expected_file(source.version, source.file_id)
+        if str(file["hashes"]["SHA256"]).lower() != order.sha256:
+            raise TransferFailed("changed", f"Civitai lists SHA256 {file['hashes']['SHA256']} for the file, the order "
+                                 f"expects {order.sha256}")
+        own = config.civitai_api_key if _key_host(source.download_url, config.civitai_key_hosts) else None
+        return CivitaiSource(source.download_url, order.sha256, api_key=own or source.api_key, size=order.size,
+                             limit=size_limit(file), http=http,
+                             on_backoff=lambda seconds: self._civitai_backoff(transfer, seconds))
+
+    def _companions(self, source: AnySource, order: TransferOrder, config: NodeConfig, received: Received) -> None:
+        if isinstance(source, OrderSource):
+            fetch_companions(source.base_url, order.sha256, config.node_id, source.grant, received.path)
+        elif isinstance(source, CivitaiOrderSource):
+            client = CivitaiClient(api_key="")  # images never get a key
+            try:
+                write_companions(source.version, received.path, set(config.civitai_image_hosts), client)
+            finally:
+                client.session.close()
+
+    def _civitai_backoff(self, transfer: Running, seconds: float) -> None:
+        """Civitai answered 429 or 5xx: the central server hears it now, so every node backs off."""
+        answer = self._report(transfer, "running", civitai_retry_after=round(seconds, 1))
+        if answer is not None and answer.get("state") in FINISHED:
+            transfer.cancelled_by_server = True
+            transfer.cancel.set()
 
     def _cancelled(self, transfer: Running, root: Root) -> None:
         """Stopped by this node's stop (the temp file stays for a resume) or by the server's cancel (removed)."""

@@ -12,7 +12,16 @@ REASONS = {
     "too_long": "the source sent more bytes than the expected size; the temp file was removed",
     "root_unavailable": "the destination root is missing or not a folder (an unmounted share?)",
     "bad_name": "the relative name is empty once made safe",
+    "auth_required": "Civitai wants an API key for this download (401 or its login page): set CIVITAI_API_KEY",
+    "early_access": "the version is in Civitai's early access: downloadable once it ends (the date when Civitai gave it)",
+    "not_found": "the download source answered 404: the file or version does not exist (any more)",
+    "no_hash": "Civitai lists no SHA256 for the file: nothing could verify it, so it is not downloaded",
+    "rate_limited": "Civitai or the URL's host kept answering 429/5xx through the back-off; the transfer can be retried later",
+    "url_refused": "not an http(s) URL, or a redirect to another scheme",
 }
+
+# never retried, by the node or the server: the same request gets the same answer until an operator acts
+TERMINAL_DOWNLOAD_REASONS = frozenset({"auth_required", "early_access", "not_found", "no_hash", "url_refused"})
 
 
 class TransferFailed(Exception):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -10,9 +9,9 @@ import requests
 
 from .failures import TransferFailed
 from .protocol import GRANT_HEADER, NODE_HEADER, etag, file_url
+from .ranges import content_range
 from .source import Opened
 
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
 CHUNK_SIZE = 256 * 1024  # a cancel is seen between chunks
 REFUSAL_BODY_LIMIT = 4096
 
@@ -43,9 +42,8 @@ class PeerSource:
         return Opened(0, self._chunks(response), response.close)
 
     def _continues(self, response: requests.Response, offset: int) -> bool:
-        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
-        return (response.status_code == 206 and match is not None and int(match.group(1)) == offset
-                and int(match.group(3)) == self.size)
+        said = content_range(response.headers.get("Content-Range"))
+        return response.status_code == 206 and said is not None and said.start == offset and said.total == self.size
 
     def _get(self, offset: int) -> requests.Response:
         headers = {GRANT_HEADER: self.grant, NODE_HEADER: self.node_id, "Accept-Encoding": "identity"}

@@ -1,5 +1,6 @@
-"""A single HTTP byte range with If-Range, for a face whose framework does not serve Range (FastAPI on an older
-Starlette, as in Forge). Anything but one satisfiable range is answered with the whole file, as RFC 9110 allows."""
+"""HTTP byte ranges: the single range with If-Range a face serves when its framework does not (FastAPI on an older
+Starlette, as in Forge; anything but one satisfiable range is answered with the whole file, as RFC 9110 allows), and
+the Content-Range a source's answer carries."""
 from __future__ import annotations
 
 import re
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 _SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_CONTENT_RANGE = re.compile(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)")
 CHUNK_SIZE = 1024 * 1024
 
 
@@ -53,3 +55,18 @@ def read_range(path: str, byte_range: ByteRange, chunk_size: int = CHUNK_SIZE) -
         while left > 0 and (block := f.read(min(chunk_size, left))):
             left -= len(block)
             yield block
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    start: int | None  # None: `bytes */<total>` (a 416's)
+    total: int | None  # None: `/*`, the length is not said
+
+
+def content_range(header: str | None) -> ContentRange | None:
+    """A `Content-Range: bytes <first>-<last>/<total>` (or `bytes */<total>`) header; None when malformed."""
+    match = _CONTENT_RANGE.fullmatch((header or "").strip())
+    if match is None:
+        return None
+    first, _, total = match.groups()
+    return ContentRange(None if first is None else int(first), int(total) if total.isdigit() else None)

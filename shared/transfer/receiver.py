@@ -1,6 +1,11 @@
 """The receiving side of a transfer, for any Source: free space first, a temp file in the destination folder, one
 pass that writes and hashes, resume from what is on disk, fsync, and a rename into place only when the SHA256 is the
-expected one, never over another file."""
+expected one, never over another file.
+
+The free-disk floor holds for every source: checked before the first request against the most bytes the file may
+have; when the source knows no exact size, again once its answer declares the length (the rest of it plus the floor
+must be free), and every `space_check_bytes` written while no length is declared (a chunked stream). A download
+(Civitai, URL) that hits the floor drops its temp file; a peer transfer keeps it for the resume."""
 from __future__ import annotations
 
 import errno
@@ -14,19 +19,21 @@ from typing import BinaryIO, Callable
 from ..hashing import hash_file
 from ..records import SAFETENSORS_EXTENSIONS, FileHashes
 from .destination import place, safe_relative_name
-from .failures import TransferFailed
+from .failures import TERMINAL_DOWNLOAD_REASONS, TransferFailed
 from .partfiles import part_name
 from .source import Source
 from .stream_hash import StreamHasher
 
 DEFAULT_FLOOR_BYTES = 2 * 1024**3
+SPACE_CHECK_BYTES = 64 * 1024 * 1024
 REHASH_CHUNK = 4 * 1024 * 1024
+DISCARD_TEMP = frozenset({"too_long", "hash_mismatch"}) | TERMINAL_DOWNLOAD_REASONS
 
 
 @dataclass(frozen=True)
 class Progress:
     bytes_done: int
-    size: int
+    size: int | None  # None: the source has not said yet
     speed_bps: float  # this run's fetched bytes over its time (resumed bytes are not counted as speed)
     eta_seconds: float | None
 
@@ -36,8 +43,9 @@ class ReceiveOptions:
     floor_bytes: int = DEFAULT_FLOOR_BYTES  # free space kept on the destination's disk
     bandwidth_bps: int | None = None
     max_attempts: int = 5  # opens in a row that bring no new byte, then `source_gone` (the temp file stays)
-    retry_delay_seconds: float = 1.0  # times the attempt number
+    retry_delay_seconds: float = 1.0  # times the failed attempts before this one: a drop after progress resumes at once
     progress_interval_seconds: float = 0.5
+    space_check_bytes: int = SPACE_CHECK_BYTES  # free space is checked this often while the length is unknown
 
 
 @dataclass(frozen=True)
@@ -73,43 +81,53 @@ def receive(
         raise TransferFailed("root_unavailable", f"the destination root {root} is not an available folder")
     target = os.path.join(root, wanted)
     addnet = os.path.splitext(wanted)[1].lower() in SAFETENSORS_EXTENSIONS
-    present = _same_file_present(target, source)
+    bound = _bound(source)
+    present = _same_file_present(target, source.sha256, source.size, bound)
     if present is not None:
-        return Received(target, wanted, wanted, present, source.size, os.stat(target).st_mtime_ns, 0, 0,
-                        already_present=True)
+        stat = os.stat(target)
+        return Received(target, wanted, wanted, present, stat.st_size, stat.st_mtime_ns, 0, 0, already_present=True)
     temp = os.path.join(os.path.dirname(target), part_name(source.sha256))
-    kept = _usable_part(temp, source.size)
-    _check_space(os.path.dirname(target), source.size - kept, options.floor_bytes)
+    kept = _usable_part(temp, bound)
+    _check_space(os.path.dirname(target), max(0, (bound or 0) - kept), options.floor_bytes)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     run = _Run(source, addnet, options, progress, cancel or threading.Event())
     try:
         hashes = run.fetch(temp, kept)
     except TransferFailed as failed:
-        if failed.reason in ("too_long", "hash_mismatch") or os.path.getsize(temp) == 0:
-            os.remove(temp)  # wrong bytes, or nothing to resume from
+        if (failed.reason in DISCARD_TEMP or os.path.getsize(temp) == 0
+                or (failed.reason == "disk_full" and getattr(source, "download", False))):
+            os.remove(temp)  # wrong bytes, a download that can never go on or fills the disk, or nothing to resume from
         raise
     placed = place(temp, root, wanted)
     path = os.path.join(root, placed)
-    return Received(path, placed, wanted, hashes, source.size, os.stat(path).st_mtime_ns, kept, run.fetched)
+    return Received(path, placed, wanted, hashes, run.received_size, os.stat(path).st_mtime_ns, kept, run.fetched)
 
 
-def _same_file_present(target: str, source: Source) -> FileHashes | None:
-    """The hashes of a file already at the target with the expected SHA256 (read only when the size agrees)."""
+def _bound(source: Source) -> int | None:
+    """The most bytes the file may have: its exact size, else the source's limit (None: unbounded)."""
+    return source.size if source.size is not None else getattr(source, "limit", None)
+
+
+def _same_file_present(target: str, sha256: str, size: int | None, bound: int | None) -> FileHashes | None:
+    """The hashes of a file already at the target with the expected SHA256 (read only when the size fits)."""
     try:
-        if not os.path.isfile(target) or os.path.getsize(target) != source.size:
+        if not os.path.isfile(target):
+            return None
+        have = os.path.getsize(target)
+        if (size is not None and have != size) or (bound is not None and have > bound):
             return None
         hashes = hash_file(target)
     except OSError:
         return None
-    return hashes if hashes.sha256 == source.sha256 else None
+    return hashes if hashes.sha256 == sha256 else None
 
 
-def _usable_part(temp: str, size: int) -> int:
+def _usable_part(temp: str, bound: int | None) -> int:
     try:
         have = os.path.getsize(temp)
     except FileNotFoundError:
         return 0
-    if have > size:
+    if bound is not None and have > bound:
         os.remove(temp)
         return 0
     return have
@@ -121,7 +139,8 @@ def _check_space(folder: str, remaining: int, floor: int) -> None:
         existing = os.path.dirname(existing)
     free = shutil.disk_usage(existing).free
     if free < remaining + floor:
-        raise TransferFailed("disk_full", f"{free} bytes free; the file needs {remaining} more and the floor is {floor}")
+        needs = f"the file needs {remaining} more and " if remaining else ""
+        raise TransferFailed("disk_full", f"{free} bytes free; {needs}the floor is {floor}")
 
 
 class _Run:
@@ -131,13 +150,18 @@ class _Run:
                  progress: Callable[[Progress], None] | None, cancel: threading.Event):
         self.source, self.addnet, self.options, self.progress, self.cancel = source, addnet, options, progress, cancel
         self.hasher = StreamHasher(addnet)
+        self.total = source.size  # the file's size once known (a source without an exact size: its answer's)
+        self.bound = _bound(source)
         self.fetched = 0
+        self.folder = ""  # the temp file's, for the free-space checks
+        self.next_space_check = 0  # the position at which free space is checked again while the length is unknown
         self.kept = 0  # bytes on disk from an earlier attempt: progress never reports less while they are re-hashed
         self.started = time.monotonic()
         self.reported = 0.0
 
     def fetch(self, temp: str, kept: int) -> FileHashes:
         self.kept = kept
+        self.folder = os.path.dirname(temp)
         with open(temp, "r+b" if kept else "w+b") as f:
             try:
                 self._rehash(f, kept)
@@ -158,13 +182,19 @@ class _Run:
             self.hasher.update(block)
             self._report()
 
+    @property
+    def received_size(self) -> int:
+        return self.total if self.total is not None else self.hasher.position
+
     def _stream_with_retries(self, f: BinaryIO) -> None:
         failures = 0
-        while self.hasher.position < self.source.size:
+        while self.total is None or self.hasher.position < self.total:
             self._check_cancel()
             before = self.hasher.position
             try:
                 self._stream_once(f)
+                if self.total is None:
+                    self.total = self.hasher.position  # a stream of unsaid length that ended cleanly is whole
             except TransferFailed as failed:
                 if not failed.retryable:
                     raise
@@ -172,10 +202,9 @@ class _Run:
                 if failures >= self.options.max_attempts:
                     raise TransferFailed("source_gone", f"{failed.message} (gave up after {failures} attempts "
                                          "without progress)") from None
-                self._wait(self.options.retry_delay_seconds * failures)
+                self._wait(self.options.retry_delay_seconds * (failures - 1))
 
     def _stream_once(self, f: BinaryIO) -> None:
-        size = self.source.size
         opened = self.source.open(self.hasher.position)
         try:
             if opened.start != self.hasher.position:  # the source starts over: so do we
@@ -184,19 +213,30 @@ class _Run:
                 self.kept = 0
                 f.seek(0)
                 f.truncate()
+            if self.source.size is None and opened.total is not None:
+                self.total = opened.total
+            size = self.total if self.total is not None else self.bound
+            if size is not None and self.bound is not None and size > self.bound:
+                raise TransferFailed("too_long", f"the source offers {size} bytes, more than the {self.bound} expected")
+            if self.source.size is None and self.total is not None:
+                _check_space(self.folder, max(0, self.total - self.hasher.position), self.options.floor_bytes)
+            self.next_space_check = self.hasher.position + self.options.space_check_bytes
             for block in opened.chunks:
-                if self.hasher.position + len(block) > size:
+                if size is not None and self.hasher.position + len(block) > size:
                     raise TransferFailed("too_long", f"the source sent more than the expected {size} bytes")
                 self._write(f, block)
                 self.hasher.update(block)
                 self.fetched += len(block)
+                if self.total is None and self.hasher.position >= self.next_space_check:
+                    _check_space(self.folder, 0, self.options.floor_bytes)
+                    self.next_space_check = self.hasher.position + self.options.space_check_bytes
                 self._report()
                 self._check_cancel()
                 self._throttle()
         finally:
             opened.close()
-        if self.hasher.position < size:
-            raise TransferFailed("source_gone", f"the stream ended at byte {self.hasher.position} of {size}",
+        if self.total is not None and self.hasher.position < self.total:
+            raise TransferFailed("source_gone", f"the stream ended at byte {self.hasher.position} of {self.total}",
                                  retryable=True)
         self._report(force=True)
 
@@ -206,7 +246,7 @@ class _Run:
             f.write(block)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise TransferFailed("disk_full", "the disk filled up during the transfer; the temp file is kept") from None
+                raise TransferFailed("disk_full", "the disk filled up during the transfer") from None
             raise
 
     def _check_cancel(self) -> None:
@@ -231,5 +271,5 @@ class _Run:
         elapsed = now - self.started
         speed = self.fetched / elapsed if elapsed > 0 else 0.0
         done = max(self.hasher.position, self.kept)
-        left = self.source.size - done
-        self.progress(Progress(done, self.source.size, speed, left / speed if speed > 0 else None))
+        left = None if self.total is None else self.total - done
+        self.progress(Progress(done, self.total, speed, left / speed if speed > 0 and left is not None else None))
