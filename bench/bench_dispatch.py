@@ -3,8 +3,10 @@
 POST /api/v1/servers/{id}/dispatch-check for an A1111 txt2img body naming a checkpoint (by title with its AutoV2)
 and 5 LoRAs, with 100 nodes x 5,000 models registered, p99 under 10 ms, under concurrent load from other processes
 (--concurrency client processes on keep-alive connections, each asking for a random node), while the nodes send their
-heartbeats (each one a minute: a write to the registry every 0.6 s). The job's six models are on every node (the
-widest answer: every reference has 100 holders); half the nodes report Windows paths.
+heartbeats (each one a minute: a write to the registry every 0.6 s), each with the node's state changing (the
+checkpoint loaded, the job's or another, busy or idle, free disk), so the ranking and `better_nodes` hint run on
+states that move under the load. The job's six models are on every node (the widest answer: every reference has 100
+holders); half the nodes report Windows paths.
 
 The load is open: requests are due at a fixed total rate (--rate, default 50/s: a fleet of 100 nodes finishing a
 job every 2 s), and a request's latency runs from when it was due, so a slow answer that delays the next request
@@ -149,17 +151,28 @@ def load(url: str, path_template: str, nodes: int, seconds: float, concurrency: 
     return {**summary(measured, seconds), "concurrency": concurrency, "rate": rate or "saturated"}
 
 
+def node_state(rng: random.Random) -> dict:
+    """A heartbeat's state: the job's checkpoint loaded on about a third of the nodes, busy half the time."""
+    loaded = rng.choice((JOB_CHECKPOINT, 50, 100))
+    title = f"{rel_name(loaded)} [{sha(loaded)[:10]}]"
+    return {"loaded": {"title": title, "sha256": sha(loaded)}, "selected": {"title": title, "sha256": sha(loaded)},
+            "modules": [], "busy": rng.random() < 0.5, "gpu": {"total_bytes": 24 * 2**30, "free_bytes": rng.randrange(2**34)},
+            "disks": [{"root": "/srv/models", "role": None, "free_bytes": rng.randrange(2**40), "total_bytes": 2**41}],
+            "floor_bytes": 2 * 2**30}
+
+
 @contextlib.contextmanager
 def heartbeats(server: RunningServer, nodes: int, every_seconds: float) -> Iterator[Callable[[], int]]:
     """The fleet's heartbeats meanwhile (each node one every `every_seconds`, spread out), each a write to the
-    registry; yields how many were sent."""
+    registry with the node's changed state; yields how many were sent."""
     stop = threading.Event()
     sent = [0]
 
     def beat() -> None:
         rng = random.Random(7)
         while not stop.wait(every_seconds / nodes):
-            r = server.post(f"/api/v1/servers/node-{rng.randrange(nodes):03d}/heartbeat", json={}, headers=server.admin_headers)
+            r = server.post(f"/api/v1/servers/node-{rng.randrange(nodes):03d}/heartbeat", json={"state": node_state(rng)},
+                            headers=server.admin_headers)
             assert r.status_code == 200, r.text
             sent[0] += 1
 
@@ -206,6 +219,10 @@ def main() -> None:
             results = {"fleet": populate(data / "registry.db", args.nodes, args.models_per_node)}
         print(json.dumps(results["fleet"]), flush=True)
         with server_process(data, offline_after_seconds=86400) as server:
+            rng = random.Random(3)
+            for i in range(args.nodes):  # every node has a state from the start; the heartbeats change them
+                server.post(f"/api/v1/servers/node-{i:03d}/heartbeat", json={"state": node_state(rng)},
+                            headers=server.admin_headers).raise_for_status()
             check = server.post("/api/v1/servers/node-001/dispatch-check", json={"job": job()}).json()
             assert check["ok"] is True, check
             assert all(len(r["nodes"]) == args.nodes for r in check["requirements"]), check["requirements"]

@@ -1,6 +1,8 @@
 """`modelsync node`: the node agent without Forge, a long-running process. The engine is the extension's
 (shared/node/service.py): the start-up scan with hashes and its push, heartbeats, timed re-scans and re-scans after a
 change, push retries, and the transfers the central server orders; beside it the file server for peers (`--listen`).
+Its heartbeats carry the state it knows: the free disk of each folder and the floor (no host: loaded checkpoint,
+busy and GPU are null; torch is never imported here).
 SIGINT and SIGTERM stop it cleanly: a transfer under way is left to resume from its temp file."""
 from __future__ import annotations
 

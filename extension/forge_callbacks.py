@@ -1,13 +1,16 @@
-"""Wires the node service into the host: settings section, start-up sync, and the tab."""
+"""Wires the node service into the host: settings section, start-up sync, the tab, and the model-loaded event
+(the node's state: a loaded model is reported within seconds)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from .host_paths import host_roots
+from .host_state import HostState
 from .node_service import NodeService
 from .settings import read_settings, register_options
 
 _service: NodeService | None = None
+_host_state = HostState(changed=lambda: service().state_changed())
 
 
 def host_data_path() -> Path:
@@ -31,7 +34,8 @@ def host_listens_everywhere() -> bool:
 def service() -> NodeService:
     global _service
     if _service is None:
-        _service = NodeService(host_data_path(), read_settings, host_roots, listens_everywhere=host_listens_everywhere)
+        _service = NodeService(host_data_path(), read_settings, host_roots, listens_everywhere=host_listens_everywhere,
+                               activity=_host_state.activity)
     return _service
 
 
@@ -45,6 +49,11 @@ def on_app_started(demo, app) -> None:  # demo is None in API-only mode
     node.start_background(initial_sync=read_settings().push_on_startup)
 
 
+def on_model_loaded(sd_model) -> None:
+    """Runs in the host's model load: records the event and wakes the state thread, nothing more."""
+    _host_state.model_loaded(sd_model)
+
+
 def on_ui_tabs() -> list[tuple[object, str, str]]:
     from .tab import build_tab
 
@@ -56,4 +65,5 @@ def register() -> None:
 
     script_callbacks.on_ui_settings(register_options)
     script_callbacks.on_app_started(on_app_started)
+    script_callbacks.on_model_loaded(on_model_loaded)
     script_callbacks.on_ui_tabs(on_ui_tabs)

@@ -18,6 +18,7 @@ import gradio as gr
 from ..shared.catalog import migrate, open_catalog
 from ..shared.catalog_view import FileFilter, FileRecord, find, list_files
 from ..shared.units import human_size
+from .insight_client import NodeInsight
 from .node_service import NodeService, ScanState
 from .thumbnails import thumbnail_markdown
 
@@ -33,6 +34,8 @@ TRANSFER_HEADERS = ["File", "State", "Progress", "Speed", "ETA", "Source", "Reas
 TRANSFERS_POLL_SECONDS = 1.0  # the node reports progress about once a second
 TRANSFERS_FOLLOW_SECONDS = 30 * 60  # the tab follows active transfers this long; Refresh follows again
 ACTIVE_STATES = ("queued", "running", "waiting_source", "verifying")
+RECOMMENDATION_HEADERS = ["Advice", "Model", "Size", "Why", "From"]
+UPDATE_BADGE = "**update available**"
 IDLE_LABEL = "Scan for New Models"
 # Short cells never wrap; a name wraps only after "_", "-", "." or "/" (<wbr> in its markdown); the state's reason
 # wraps anywhere it must. (A <style> in an HTML component: both gradio versions apply it to the page; a sub-Blocks'
@@ -112,12 +115,39 @@ def transfer_row(transfer: dict[str, Any], names: dict[str, str]) -> list[str]:
     state = str(transfer.get("state") or "")
     speed, eta = transfer.get("speed_bps"), transfer.get("eta_seconds")
     running = state == "running"
-    source = (transfer.get("source") or {}).get("server_id") or ""
+    source = source_text(transfer.get("source") or {})
     reason = transfer.get("reason") or ""
     if transfer.get("error"):
         reason = f"{reason}: {transfer['error']}" if reason else str(transfer["error"])
     return [name, state.replace("_", " "), progress, f"{human_size(speed)}/s" if running and speed else "",
             f"{eta:.0f} s" if running and isinstance(eta, (int, float)) else "", str(source), reason]
+
+
+def source_text(source: dict[str, Any]) -> str:
+    """Where a transfer's bytes come from: the peer node's id, the Civitai model and version, or the URL's host/path."""
+    kind = source.get("kind") or "peer"
+    if kind == "civitai":
+        civitai = source.get("civitai") or {}
+        names = " / ".join(str(civitai[k]) for k in ("model_name", "version_name") if civitai.get(k))
+        return f"Civitai: {names}" if names else f"Civitai version {civitai.get('version_id') or ''}".rstrip()
+    if kind == "url":
+        url = str(source.get("url") or "")
+        return url.split("://", 1)[-1] if url else "URL"
+    return str(source.get("server_id") or "")
+
+
+def recommendation_source(source: dict[str, Any]) -> str:
+    kind = source.get("kind")
+    if kind == "peer":
+        return f"node {source.get('server_id')}"
+    if kind == "civitai":
+        names = " / ".join(str(source[k]) for k in ("model_name", "version_name") if source.get(k))
+        return f"Civitai {names or 'version ' + str(source.get('version_id'))}"
+    return "no source now"
+
+
+def model_label(model: dict[str, Any]) -> str:
+    return str(model.get("name") or model.get("filename") or str(model.get("sha256") or "")[:10])
 
 
 class TabActions:
@@ -126,6 +156,7 @@ class TabActions:
     def __init__(self, service: NodeService):
         self.service = service
         self.rows: list[FileRecord] = []  # the node's files from its catalog, read by refresh_table
+        self.insight = NodeInsight(service)
 
     @property
     def counts(self) -> dict[str, int] | None:
@@ -222,7 +253,8 @@ class TabActions:
             if needle and needle not in f"{r.name or ''} {r.rel_name} {r.sha256 or ''} {state_text(r)}".lower():
                 continue
             fleet = str(counts.get(r.sha256, 0)) if counts is not None and r.sha256 else ""
-            rows.append([name_cell(r), self._type_of(r), r.role or "", r.base or "", r.autov2 or "", human_size(r.size),
+            name = name_cell(r) + (f"<br>{UPDATE_BADGE}" if r.sha256 in self.insight.updates else "")
+            rows.append([name, self._type_of(r), r.role or "", r.base or "", r.autov2 or "", human_size(r.size),
                          r.metadata_source or "", fleet, state_text(r), thumbnail_markdown(r.path)])
         headers = TABLE_HEADERS if any(row[-1] for row in rows) else TABLE_HEADERS[:-1]
         return {"headers": headers, "data": [row[: len(headers)] for row in rows] or [[]]}  # [[]]: gradio's empty table
@@ -292,6 +324,75 @@ class TabActions:
                 return
             time.sleep(TRANSFERS_POLL_SECONDS)
 
+    # what the central server advises
+
+    def recommendations_table(self) -> dict[str, Any]:
+        rec = self.insight.recommendations or {}
+        rows = [["place", model_label(p["model"]), human_size(p["model"].get("size")), p["reason"],
+                 recommendation_source(p["source"]) + (f" (transfer {p['transfer']['state']})" if p.get("transfer") else "")]
+                for p in rec.get("place", [])]
+        rows += [["drop", model_label(d["model"]), human_size(d["bytes"]), d["reason"], ""] for d in rec.get("drop", [])]
+        return {"headers": RECOMMENDATION_HEADERS, "data": rows or [[]]}
+
+    def orderable(self) -> dict[str, int]:
+        """Choice label -> model id: the places not under way already."""
+        rec = self.insight.recommendations or {}
+        return {f"{model_label(p['model'])} from {recommendation_source(p['source'])}": p["model"]["id"]
+                for p in rec.get("place", []) if not p.get("transfer") and p["source"].get("kind") != "none"}
+
+    def recommendations_note(self, reading: bool = False) -> str:
+        service, insight = self.service, self.insight
+        if not service.settings().server.url:
+            return "Recommendations: no central server configured."
+        if insight.error:
+            return f"Recommendations could not be read: {insight.error}"
+        rec = insight.recommendations
+        if reading or insight.busy() or rec is None:
+            return "Reading this node's recommendations..."
+        parts = [f"{len(rec['place'])} model(s) to place here, {len(rec['drop'])} this node could drop."]
+        if not rec["disk_known"]:
+            parts.append("This node has not reported its free disk yet: nothing is placed on it.")
+        if not service.settings().allow_transfers:
+            parts.append("Transfers to this node are off (Settings > Model Sync): no copy can be ordered.")
+        return " ".join(parts)
+
+    def insight_outputs(self, type_filter: str = ALL_TYPES, text: str = "", reading: bool = False) -> tuple[Any, ...]:
+        choices = list(self.orderable())
+        allowed = self.service.settings().allow_transfers and bool(choices)
+        return (self.recommendations_table(), self.recommendations_note(reading),
+                gr.update(choices=choices, value=choices[0] if choices else None), gr.update(interactive=allowed),
+                self.models_table(type_filter, text), self.insight.order_note)
+
+    def _wait_for_insight(self, type_filter: str, text: str) -> Iterator[tuple[Any, ...]]:
+        """The tab's parts at once ("Reading..."), then again when the background read or order has ended (the
+        worker waits at most the client's timeouts: 2 x 4 s, plus the order's)."""
+        yield self.insight_outputs(type_filter, text, reading=True)
+        while self.insight.busy():
+            time.sleep(POLL_SECONDS / 5)
+        yield self.insight_outputs(type_filter, text)
+
+    def follow_insight(self, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, ...]]:
+        """Read the recommendations and the update badges in the background; yield the tab's parts while reading
+        and once read."""
+        if not self.service.settings().server.url:
+            yield self.insight_outputs(type_filter, text)
+            return
+        self.insight.read()
+        yield from self._wait_for_insight(type_filter, text)
+
+    def order_recommended(self, choice: str | None, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, ...]]:
+        """The Order button: order the chosen place through the transfer API (only when this node takes transfers)."""
+        model_id = self.orderable().get(choice or "")
+        if not self.service.settings().allow_transfers:
+            self.insight.order_note = "Transfers to this node are off (Settings > Model Sync)."
+        elif model_id is None:
+            self.insight.order_note = "Choose a recommended model first."
+        else:
+            self.insight.order(model_id, str(choice))
+            yield from self._wait_for_insight(type_filter, text)
+            return
+        yield self.insight_outputs(type_filter, text)
+
     def path_of(self, row: list[Any]) -> str:
         """The path of the file a table row shows (found by its Name and Folder cells); "" when none."""
         if len(row) <= COLUMN["Folder"]:  # the empty table's row
@@ -348,6 +449,13 @@ def build_tab(service: NodeService) -> gr.Blocks:
         transfers_note = gr.Markdown("")
         transfers = gr.Dataframe(headers=TRANSFER_HEADERS, value=None, interactive=False, wrap=True,
                                  elem_id="modelsync_transfers")
+        recommend_note = gr.Markdown("")
+        recommendations = gr.Dataframe(headers=RECOMMENDATION_HEADERS, value=None, interactive=False, wrap=True,
+                                       elem_id="modelsync_recommendations")
+        with gr.Row():
+            place_choice = gr.Dropdown(choices=[], label="Recommended model to copy to this node")
+            order_button = gr.Button("Order transfer", interactive=False, elem_id="modelsync_order")
+        order_note = gr.Markdown("")
         with gr.Row():
             type_filter = gr.Dropdown(choices=[ALL_TYPES], value=ALL_TYPES, label="Type")
             text_filter = gr.Textbox(label="Filter", placeholder="name, file, hash or state")
@@ -368,6 +476,9 @@ def build_tab(service: NodeService) -> gr.Blocks:
         refreshed = refresh.click(actions.refresh_table, filters, table_outputs)
         refreshed.then(actions.follow_background, filters, background_outputs)
         refreshed.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(refreshed.then))
+        insight_outputs = [recommendations, recommend_note, place_choice, order_button, table, order_note]
+        refreshed.then(actions.follow_insight, filters, insight_outputs)
+        order_button.click(actions.order_recommended, [place_choice, *filters], insight_outputs)
         type_filter.change(actions.models_table, filters, [table])
         text_filter.change(actions.models_table, filters, [table])
         table.select(actions.select_row, [table], [selected_path])
@@ -376,4 +487,5 @@ def build_tab(service: NodeService) -> gr.Blocks:
         loaded = tab.load(actions.refresh_table, filters, table_outputs)
         loaded.then(actions.follow_background, filters, background_outputs)
         loaded.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(loaded.then))
+        loaded.then(actions.follow_insight, filters, insight_outputs)
     return tab

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import zlib
 from typing import Any
 
@@ -16,6 +17,9 @@ from .errors import ApiError
 
 INFLATE_STEP = 1 << 20  # inflate at most this much at a time, letting other requests run in between
 PARSE_ON_LOOP_BELOW = 65536  # smaller bodies are parsed on the event loop; larger ones in a thread
+# What json turns into a surrogate code point: a \uD800-\uDFFF escape, or those code points UTF-8-encoded (json
+# decodes bytes with "surrogatepass"). A valid pair is also found: the decoded strings are then looked at.
+_SURROGATE_IN_RAW = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
 
 
 def _declared_length(request: Request, max_bytes: int) -> int | None:
@@ -85,11 +89,31 @@ def _blank(raw: bytes | bytearray) -> bool:
     return not raw or raw.isspace()
 
 
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a decoded string (a key or a value, at any depth) holds a lone surrogate: no UTF-8 writes it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def parse_json(raw: bytes | bytearray) -> Any:
+    """The decoded body; a 400 naming the body for anything that is not JSON in UTF-8, including a string with a
+    lone surrogate (it would fail later, when written: a registry column, a log line, an answer)."""
     if _blank(raw):
         raise ApiError(400, "the request body is empty; a JSON object is expected", "body")
     try:
-        return json.loads(raw)
+        decoded = json.loads(raw)
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"the body is not UTF-8: {exc.reason} at byte {exc.start}", "body") from None
     except json.JSONDecodeError as exc:
@@ -98,6 +122,10 @@ def parse_json(raw: bytes | bytearray) -> Any:
         raise ApiError(400, f"the body is not valid JSON: {exc}", "body") from None
     except RecursionError:
         raise ApiError(400, "the body nests arrays or objects too deeply", "body") from None
+    if _SURROGATE_IN_RAW.search(raw) and _lone_surrogate(decoded):
+        raise ApiError(400, "the body is not valid JSON: a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)",
+                       "body")
+    return decoded
 
 
 async def read_json(request: Request, max_bytes: int, max_decompressed: int, *, optional: bool = False) -> Any:

@@ -9,7 +9,7 @@ from typing import Mapping
 DEFAULT_CIVITAI_IMAGE_HOSTS = ("image.civitai.com", "imagecache.civitai.com")
 REGISTRATION_MODES = ("loopback", "open", "closed")
 NAME_CONFLICT_MODES = ("per-node", "strict")
-FULFIL_MODES = ("off", "peer")
+FULFIL_MODES = ("off", "peer", "peer,civitai")
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,14 @@ def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {text!r}")
+
+
+def _delays(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """Comma-separated seconds, e.g. "5,30,120"; empty: the default."""
+    words = _words(env.get(name))
+    if not words:
+        return default
+    return tuple(_number({name: word}, name, 0.0) for word in words)
 
 
 def _words(text: str | None) -> tuple[str, ...]:
@@ -70,8 +78,11 @@ class ServerConfig:
     queue_token: str | None = None
     # a name that means different content on different nodes: resolved per node (default) or ambiguous everywhere
     name_conflicts: str = "per-node"
-    # a dispatch-check without "fulfil" in its body: order no copies (off) or copy missing models from peers (peer)
+    # a dispatch-check without "fulfil" in its body: order no copies (off), copy missing models from peers (peer), or
+    # also download from Civitai what no node has (peer,civitai)
     fulfil: str = "off"
+    # hand the server's CIVITAI_API_KEY to a node with its Civitai download orders (only the destination node sees it)
+    share_civitai_key: bool = False
     offline_after_seconds: float = 300.0
     max_request_bytes: int = 64 * 1024 * 1024
     max_decompressed_bytes: int = 512 * 1024 * 1024
@@ -88,6 +99,19 @@ class ServerConfig:
     preview_max_bytes: int = 20 * 1024 * 1024
     preview_max_side: int = 1024
     worker_idle_seconds: float = 30.0  # how long the Civitai worker sleeps when nothing is due
+    # webhooks (docs/webhooks.md): the waits before each retry of a failed delivery (then it fails for good), a
+    # try's timeout, the most undelivered events one endpoint keeps (the oldest dropped), how often the clock
+    # judges nodes online/offline and disks low, how long finished deliveries stay in the log
+    webhook_retry_delays: tuple[float, ...] = (5, 30, 120, 600, 1800, 3600, 10800, 21600, 43200)
+    webhook_timeout_seconds: float = 10.0
+    webhook_backlog_cap: int = 1000
+    webhook_clock_seconds: float = 15.0
+    webhook_log_days: float = 14.0
+    # Civitai update checks (#12): on/off, and how often each Civitai model the fleet holds is asked about again
+    update_checks: bool = True
+    update_check_hours: float = 24.0
+    # job demand counted in memory is written to the registry this often (a crash loses at most this much)
+    demand_flush_seconds: float = 10.0
 
     @property
     def database_path(self) -> Path:
@@ -120,7 +144,9 @@ class ServerConfig:
             trusted_proxies=_words(env.get("MODELSYNC_TRUSTED_PROXIES")),
             queue_token=env.get("MODELSYNC_QUEUE_TOKEN") or None,
             name_conflicts=_choice(env, "MODELSYNC_NAME_CONFLICTS", NAME_CONFLICT_MODES, defaults.name_conflicts),
-            fulfil=_choice(env, "MODELSYNC_FULFIL", FULFIL_MODES, defaults.fulfil),
+            fulfil=_choice({"MODELSYNC_FULFIL": (env.get("MODELSYNC_FULFIL") or "").replace(" ", "")}, "MODELSYNC_FULFIL",
+                           FULFIL_MODES, defaults.fulfil),
+            share_civitai_key=_flag(env, "MODELSYNC_SHARE_CIVITAI_KEY", defaults.share_civitai_key),
             offline_after_seconds=_number(env, "MODELSYNC_OFFLINE_AFTER", defaults.offline_after_seconds),
             max_request_bytes=int(_number(env, "MODELSYNC_MAX_REQUEST_BYTES", defaults.max_request_bytes)),
             max_decompressed_bytes=int(_number(env, "MODELSYNC_MAX_DECOMPRESSED_BYTES", defaults.max_decompressed_bytes)),
@@ -133,4 +159,12 @@ class ServerConfig:
             civitai_timeout_seconds=_number(env, "CIVITAI_TIMEOUT", defaults.civitai_timeout_seconds),
             civitai_recheck_days=_number(env, "CIVITAI_RECHECK_DAYS", defaults.civitai_recheck_days),
             civitai_max_backoff_seconds=_number(env, "CIVITAI_MAX_BACKOFF", defaults.civitai_max_backoff_seconds),
+            webhook_retry_delays=_delays(env, "MODELSYNC_WEBHOOK_RETRY_DELAYS", defaults.webhook_retry_delays),
+            webhook_timeout_seconds=_number(env, "MODELSYNC_WEBHOOK_TIMEOUT", defaults.webhook_timeout_seconds),
+            webhook_backlog_cap=int(_number(env, "MODELSYNC_WEBHOOK_BACKLOG", defaults.webhook_backlog_cap)),
+            webhook_clock_seconds=_number(env, "MODELSYNC_WEBHOOK_CLOCK", defaults.webhook_clock_seconds),
+            webhook_log_days=_number(env, "MODELSYNC_WEBHOOK_LOG_DAYS", defaults.webhook_log_days),
+            update_checks=_flag(env, "MODELSYNC_UPDATE_CHECKS", defaults.update_checks),
+            update_check_hours=_number(env, "MODELSYNC_UPDATE_CHECK_HOURS", defaults.update_check_hours),
+            demand_flush_seconds=_number(env, "MODELSYNC_DEMAND_FLUSH_SECONDS", defaults.demand_flush_seconds),
         )

@@ -16,6 +16,7 @@ from modelsync.shared.records import LORA_TYPES, MODEL_TYPES
 
 from . import transfers
 from .errors import ApiError
+from .insight.node_state import read_states
 from .queries import Liveness, list_servers
 
 MATRIX_PAGE_SIZE = 50
@@ -67,6 +68,9 @@ def matrix(db: sqlite_utils.Database, liveness: Liveness, model_type: str, page:
     """One page of the models of a type (a LoRA page holds every LoRA variant) against every node."""
     types = _types(model_type)
     nodes = list_servers(db, liveness)
+    states = read_states(db)
+    for node in nodes:  # what each node last reported (loaded checkpoint, busy, free disk); None: nothing yet
+        node["state"] = states.get(node["id"])
     result = Matrix(model_type, incomplete_only, nodes, page=max(page, 1))
     where = f"m.type IN ({placeholders(types)})"
     args: list[Any] = list(types)

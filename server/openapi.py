@@ -112,6 +112,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
                                            "unusable": COUNT}, optional=("files", "models", "unhashed", "unusable"))),
         "file_count": COUNT, "model_count": COUNT, "unhashed_count": COUNT, "broken_count": COUNT,
         "unreachable_count": COUNT, "online": BOOLEAN, "last_seen": MAYBE_TIMESTAMP,
+        "state": {**nullable(ref("NodeState")), "description": "what the node last reported of itself (null: nothing yet)"},
     }),
     "NodeList": obj({"servers": array(ref("Node")), "offline_after_seconds": NUMBER}),
     "NodeFiles": obj({
@@ -147,7 +148,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "size": MAYBE_INTEGER, "metadata_source": MAYBE_STRING, "civitai_id": MAYBE_INTEGER,
         "civitai_version_id": MAYBE_INTEGER, "civitai_model_name": MAYBE_STRING, "created_at": MAYBE_TIMESTAMP,
         "updated_at": MAYBE_TIMESTAMP, "last_used": MAYBE_TIMESTAMP, "overridden": STRINGS, "node_count": COUNT,
-        "online_node_count": COUNT, "preview_url": MAYBE_STRING,
+        "online_node_count": COUNT, "preview_url": MAYBE_STRING, "update": nullable(ref("CivitaiUpdate")),
     }),
     "ModelList": obj({"models": array(ref("ModelSummary")), "total": COUNT, "limit": COUNT, "offset": COUNT,
                       "page": COUNT, "pages": COUNT}),
@@ -173,7 +174,8 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "civitai_rejected": array(obj({"version_id": INTEGER, "rejected_at": TIMESTAMP})),
         "preview": nullable(obj({"status": STRING, "source_url": MAYBE_STRING, "checked_at": MAYBE_TIMESTAMP,
                                  "error": MAYBE_STRING})),
-        "preview_url": MAYBE_STRING,
+        "preview_url": MAYBE_STRING, "update": nullable(ref("CivitaiUpdate")),
+        "update_check": nullable(ref("UpdateCheck")),
     }),
     "AvailabilityMarked": obj({"model_id": ROW_ID, "server_id": SERVER_ID, "path": STRING, "rel_name": STRING,
                                "created": BOOLEAN, "registered": BOOLEAN, "token": STRING},
@@ -236,7 +238,8 @@ COMPONENTS: dict[str, dict[str, Any]] = {
             "available": BOOLEAN, "reason": STRING, "requirements": array(ref("Requirement")),
             "servers": array(obj({**_NODE_CONTACT, "has_all": BOOLEAN, "missing": array(ref("Missing")),
                                   "loads": array(obj({**_REFERENCE, "model": ref("ModelShort")}))})),
-            "candidates": array(ref("NodeContact")), "warnings": array(ref("NameConflict")),
+            "candidates": {**array(ref("RankedNode")), "description": "the online nodes that hold everything, best first"},
+            "warnings": array(ref("NameConflict")),
         }),
     }),
     "DispatchCheck": obj({
@@ -245,8 +248,10 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "missing": array(ref("Missing")), "requirements": array(ref("Requirement")),
         "payload": {**ANY_JSON, "description": "when ok: the job with the node's own model names"},
         "override_settings": {"type": "object", "additionalProperties": STRING},
-        "nodes": array(ref("NodeContact")),
-        "warnings": array({"anyOf": [ref("NameConflict"), ref("FulfilNotAuthorised")]}),
+        "nodes": {**array(ref("RankedNode")), "description": "where the job can run instead, best first"},
+        "better_nodes": {**array(ref("RankedNode")), "description": "when ok: other idle nodes that have the job's "
+                                                                    "checkpoint loaded (a hint; the queue decides)"},
+        "warnings": array({"anyOf": [ref("NameConflict"), ref("FulfilNotAuthorised"), ref("CivitaiLookupFailed")]}),
         "transfers": {**array(ref("Transfer")), "description": "with fulfil, when not ok: the copies to this node, one "
                                                                  "per missing model"},
     }, optional=("transfers",)),
@@ -275,7 +280,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "Transfer": obj({
         "id": ROW_ID, "server_id": {**SERVER_ID, "description": "the destination node"}, "sha256": SHA256,
         "model_id": MAYBE_INTEGER, "state": enum(*STATES),
-        "source": obj({"kind": text("peer"), "server_id": nullable(text("the source node, when one is known"))}),
+        "source": ref("TransferSource"),
         "bytes_done": COUNT, "size": nullable(COUNT), "speed_bps": nullable(NUMBER),
         "eta_seconds": nullable({**NUMBER, "description": "the node's estimate; null until it reports one"}),
         "dest_path": MAYBE_STRING,
@@ -286,8 +291,7 @@ COMPONENTS: dict[str, dict[str, Any]] = {
     "TransferOrders": obj({"orders": array(obj({
         "transfer_id": ROW_ID, "sha256": SHA256, "size": nullable(COUNT),
         "rel_name": text("where the file goes, relative to a root of its role (made safe)"), "role": MAYBE_STRING,
-        "sources": array(obj({"server_id": SERVER_ID, "url": text("the file on the source node"),
-                              "grant": text("a short-lived grant for this file, source and destination: a secret")})),
+        "sources": array({"oneOf": [ref("PeerOrderSource"), ref("CivitaiOrderSource"), ref("UrlOrderSource")]}),
     }))}, description="what the node should fetch now, best source first"),
     # request bodies
     "Inventory": obj({
@@ -326,18 +330,211 @@ COMPONENTS: dict[str, dict[str, Any]] = {
         "server_id": {**SERVER_ID, "description": "the destination node"}, "sha256": SHA256, "model_id": ROW_ID,
         "source": {**enum(*SOURCE_MODES), "default": "auto"},
         "from_server_id": {**SERVER_ID, "description": "the only node to copy from"},
-    }, optional=("sha256", "model_id", "source", "from_server_id"), description="sha256 or model_id names the model"),
+        "civitai_version_id": {**ROW_ID, "description": "download a file of this Civitai model version"},
+        "file_id": {**ROW_ID, "description": "with civitai_version_id: that file (default: the version's primary file)"},
+        "url": text("download this http(s) URL (sha256 required); its query is never shown; the file is named by "
+                    "its last path segment"),
+        "role": {**enum(*ROLES), "description": "with url: the folder role the file goes to (required when the "
+                                                "registry does not know the model's type)"},
+    }, optional=("sha256", "model_id", "source", "from_server_id", "civitai_version_id", "file_id", "url", "role"),
+        description="sha256 or model_id names the model; or civitai_version_id (+ file_id); or url + sha256"),
     "ProgressReport": obj({
         "state": enum(*REPORTED_STATES), "bytes_done": COUNT, "size": COUNT, "speed_bps": nullable(NUMBER),
         "eta_seconds": nullable(NUMBER), "reason": text(f"with failed: {', '.join(REASONS)}"),
         "error": text("the failure in a sentence"), "dest_path": STRING,
         "source_server_id": {**SERVER_ID, "description": "the source used"},
-    }, optional=("size", "speed_bps", "eta_seconds", "reason", "error", "dest_path", "source_server_id")),
+        "civitai_retry_after": {**NUMBER, "description": "seconds: Civitai answered 429 or 5xx; the fleet backs off "
+                                                         "that long"},
+    }, optional=("size", "speed_bps", "eta_seconds", "reason", "error", "dest_path", "source_server_id",
+                 "civitai_retry_after")),
     # --- downloads (#12) ---
+    "TransferSource": obj({
+        "kind": enum("peer", "civitai", "url"),
+        "server_id": nullable(text("peer: the source node, when one is known")),
+        "civitai": nullable(obj({
+            "model_id": MAYBE_INTEGER, "model_name": MAYBE_STRING, "version_id": ROW_ID, "version_name": MAYBE_STRING,
+            "file_id": ROW_ID, "file_name": STRING})),
+        "url": nullable(text("url: scheme://host/path (never the query)")),
+    }, description="where the transfer's bytes come from"),
+    "PeerOrderSource": obj({
+        "kind": {"const": "peer"}, "server_id": SERVER_ID, "url": text("the file on the source node"),
+        "grant": text("a short-lived grant for this file, source and destination: a secret")}),
+    "CivitaiOrderSource": obj({
+        "kind": {"const": "civitai"}, "version_id": ROW_ID, "file_id": ROW_ID,
+        "download_url": text("Civitai's download endpoint of the file (it redirects to storage)"),
+        "api_key": text("the server's Civitai key, only with MODELSYNC_SHARE_CIVITAI_KEY=true: a secret"),
+        "version": {**ANY_JSON, "description": "the Civitai model-version JSON (sidecar, preview)"},
+    }, optional=("api_key",)),
+    "UrlOrderSource": obj({"kind": {"const": "url"}, "url": text("http(s); the order's sha256 is the expected one")}),
+    "CivitaiLookupFailed": obj({"type": enum("civitai_lookup_failed", "civitai_busy"), "reason": STRING},
+                               description="fulfil could not ask Civitai about a reference now (it failed, or its "
+                                           "turn in the fleet's rate is too far off): it stays as it is; the next "
+                                           "check asks again"),
     # --- Civitai update checks (#12) ---
+    "CivitaiUpdate": obj({
+        "version_id": {**INTEGER, "description": "the newer Civitai model version"}, "name": MAYBE_STRING,
+        "published_at": nullable(text("when Civitai published it (Civitai's ISO-8601 time)")),
+        "download_url": text("the version's page on Civitai (civitai.com/models/{model}?modelVersionId={version}); "
+                             "POST /api/v1/models/{id}/update puts it on the nodes"),
+    }, description="a newer version of the model's Civitai model: published, out of early access, the same base "
+                   "model, published after the version the fleet holds"),
+    "UpdateCheck": obj({
+        "checked_at": nullable({**TIMESTAMP, "description": "the last answer from Civitai (null: none yet)"}),
+        "next_check_at": TIMESTAMP, "attempts": {**COUNT, "description": "failed checks since the last answer"},
+        "error": nullable(text("the last failure (429, 5xx, timeout): the last answer stands")),
+    }, description="the update checks of the model's Civitai model"),
+    "UpdateChecked": obj({
+        "model_id": ROW_ID, "outcome": enum("checked", "failed", "stopped"),
+        "update": nullable(ref("CivitaiUpdate")), "update_check": nullable(ref("UpdateCheck")),
+    }),
+    "UpdateOrdered": obj({
+        "model_id": ROW_ID, "version_id": INTEGER, "created": COUNT,
+        "transfers": {**array(ref("Transfer")), "description": "one per node that holds the model (new or standing)"},
+        "skipped": array(obj({"server_id": SERVER_ID, "why": STRING})),
+    }),
     # --- node state and ranking (#13) ---
+    "NodeStateReport": obj({
+        "loaded": nullable(ref("LoadedCheckpoint")), "selected": nullable(ref("LoadedCheckpoint")),
+        "modules": {**STRINGS, "description": "Forge's additional modules (VAE / text encoders)"},
+        "busy": {"type": ["boolean", "null"], "description": "the host is generating (null: not known)"},
+        "gpu": nullable(obj({"total_bytes": COUNT, "free_bytes": COUNT})),
+        "disks": array(ref("DiskSpace")),
+        "floor_bytes": {**COUNT, "description": "the free space the node's transfers leave on a disk"},
+    }, optional=("loaded", "selected", "modules", "busy", "gpu", "disks", "floor_bytes"),
+        description="what a node reports of itself with a heartbeat"),
+    "LoadedCheckpoint": obj({"title": STRING, "sha256": nullable(SHA256)},
+                            description="a checkpoint as the host names it, with its SHA256 when known"),
+    "DiskSpace": obj({"root": STRING, "role": MAYBE_STRING, "free_bytes": COUNT, "total_bytes": COUNT,
+                      "device": {"type": ["integer", "null"], "minimum": 0,
+                                 "description": "the filesystem's device id on the node (roots with the same one "
+                                                "share their free space); absent or null: not reported"}},
+                     optional=("device",), description="the disk under one of the node's model folders"),
+    "NodeState": obj({
+        "reported_at": TIMESTAMP,
+        "current": {**BOOLEAN, "description": "false: the node is offline and this is its last report (never ranked)"},
+        "loaded": {**nullable(ref("LoadedCheckpoint")), "description": "resident in memory"},
+        "selected": {**nullable(ref("LoadedCheckpoint")), "description": "the setting (Forge loads it at the next job)"},
+        "modules": STRINGS, "busy": {"type": ["boolean", "null"]},
+        "gpu": nullable(obj({"total_bytes": COUNT, "free_bytes": COUNT})), "disks": array(ref("DiskSpace")),
+        "floor_bytes": MAYBE_INTEGER, "free_bytes_min": {**MAYBE_INTEGER, "description": "the least free of its disks"},
+    }),
+    "RankedNode": obj({
+        **_NODE_CONTACT, "rank": {"type": "integer", "minimum": 1},
+        "reasons": {**STRINGS, "description": 'what placed it, e.g. ["checkpoint loaded", "idle"]'},
+    }, description="a node that can run the job, best first (docs/job-queue.md, Ranking)"),
     # --- demand, fleet analytics, recommendations (#13) ---
+    "InsightModel": obj({
+        "id": ROW_ID, "name": MAYBE_STRING, "filename": MAYBE_STRING, "type": MAYBE_STRING, "sha256": SHA256,
+        "size": MAYBE_INTEGER, "civitai_version_id": MAYBE_INTEGER,
+    }, description="a model of the registry"),
+    "Holders": obj({"online": COUNT, "all": COUNT, "nodes": {**array(SERVER_ID), "description": "every holder"}},
+                   description="the nodes holding the model (online now, and all)"),
+    "DemandPoint": obj({"hour": {**TIMESTAMP, "description": "the hour's start, UTC"}, "requests": COUNT,
+                        "unmet": COUNT}),
+    "DemandItem": obj({
+        "kind": STRING, "key": text('"sha256:<hex>" for a model the registry knows, else the reference '
+                                    '("name:<normalised>", "civitai_version_id:<n>", ...)'),
+        "label": nullable(text("the reference as a job last wrote it")),
+        "model": nullable(ref("InsightModel")), "requests": COUNT,
+        "unmet": {**COUNT, "description": "requests when no online node held it"},
+        "previous_requests": {**COUNT, "description": "in the window before"},
+        "holders": {**nullable(ref("Holders")), "description": "null when the reference is no single known model"},
+        "trend": {**nullable(NUMBER), "description": "(requests - previous_requests) / previous_requests; null when "
+                                                     "previous_requests is 0"},
+        "forecast": {**NUMBER, "description": "requests expected in the next window: exponential smoothing "
+                                              "(alpha 0.3) of this window's hourly counts x its hours"},
+    }),
+    "DemandAnswer": obj({
+        "window": enum("24h", "7d", "30d"), "hours": COUNT, "from": TIMESTAMP, "to": TIMESTAMP,
+        "kind": MAYBE_STRING, "models": array(ref("DemandItem")), "total_models": COUNT, "requests": COUNT,
+        "unmet": COUNT, "series": {**array(ref("DemandPoint")), "description": "every model's counts per hour"},
+    }),
+    "DemandSeries": obj({
+        "window": enum("24h", "7d", "30d"), "hours": COUNT, "from": TIMESTAMP, "to": TIMESTAMP,
+        "model": ref("InsightModel"), "requests": COUNT, "unmet": COUNT, "previous_requests": COUNT,
+        "holders": ref("Holders"), "trend": nullable(NUMBER), "forecast": NUMBER,
+        "series": array(ref("DemandPoint")),
+    }),
+    "NodeDisk": obj({
+        "server_id": SERVER_ID, "display_name": MAYBE_STRING, "online": BOOLEAN,
+        "reported_at": nullable({**TIMESTAMP, "description": "its last state report (null: none)"}),
+        "free_bytes": {**MAYBE_INTEGER, "description": "the least free of its disks"},
+        "floor_bytes": {**MAYBE_INTEGER, "description": "the free space its transfers leave"},
+        "disks": array(obj({"root": STRING, "role": MAYBE_STRING, "free_bytes": MAYBE_INTEGER,
+                            "total_bytes": MAYBE_INTEGER})),
+    }),
+    "BytesOnNode": obj({"server_id": SERVER_ID, "bytes": COUNT}),
+    "FleetAnalytics": obj({
+        "single_holder": array(obj({
+            "model": ref("InsightModel"), "server_id": SERVER_ID, "online": BOOLEAN, "bytes": COUNT,
+            "requests_30d": COUNT})),
+        "single_holder_total": COUNT,
+        "unmet": array(obj({
+            "kind": STRING, "key": STRING, "label": MAYBE_STRING, "model": nullable(ref("InsightModel")),
+            "requests_30d": COUNT, "unmet_30d": COUNT, "holders": nullable(ref("Holders"))})),
+        "unmet_total": COUNT,
+        "cold": obj({
+            "known": {**BOOLEAN, "description": "demand has been recorded for 30 days (before: nothing is cold)"},
+            "from": nullable({**TIMESTAMP, "description": "when models can first be called cold"}),
+            "models": array(obj({"model": ref("InsightModel"), "last_used": MAYBE_TIMESTAMP,
+                                 "nodes": array(ref("BytesOnNode"))})),
+            "total_models": COUNT,
+            "nodes": {**array(ref("BytesOnNode")), "description": "the disk each node would get back"},
+        }),
+        "nodes": array(ref("NodeDisk")),
+        "recording_since": nullable({**TIMESTAMP, "description": "when demand counting began"}),
+    }),
+    "Recommendations": obj({
+        "server_id": SERVER_ID, "online": BOOLEAN,
+        "disk_known": {**BOOLEAN, "description": "the node reported its free disk (else no place recommendations)"},
+        "free_bytes": MAYBE_INTEGER, "floor_bytes": MAYBE_INTEGER, "window": STRING,
+        "place": array(obj({
+            "model": ref("InsightModel"), "requests": COUNT, "unmet": COUNT, "reason": STRING,
+            "source": obj({"kind": enum("peer", "civitai", "none"), "server_id": SERVER_ID, "version_id": INTEGER,
+                           "model_name": MAYBE_STRING, "version_name": MAYBE_STRING},
+                          ("server_id", "version_id", "model_name", "version_name"),
+                          "peer: an online node that can serve it; civitai: the model's Civitai version"),
+            "root": MAYBE_STRING, "free_after_bytes": {**INTEGER, "description": "the root's free space after it"},
+            "transfer": {**nullable(obj({"id": ROW_ID, "state": STRING})),
+                         "description": "a transfer of it to this node that stands already"},
+        })),
+        "skipped_for_space": {**COUNT, "description": "demanded models that do not fit above the floor"},
+        "drop": array(obj({
+            "model": ref("InsightModel"), "bytes": COUNT, "last_used": MAYBE_TIMESTAMP, "reason": STRING,
+            "other_holders": array(SERVER_ID)})),
+        "cold_known": BOOLEAN, "cold_from": MAYBE_TIMESTAMP,
+    }),
     # --- webhooks (#13) ---
+    "WebhookNew": obj({
+        "url": text("http or https, no credentials; loopback and private addresses are allowed"),
+        "events": {**STRINGS, "description": 'event types, or ["*"] for every one'},
+        "description": nullable(text("at most 500 characters")),
+    }, optional=("description",)),
+    "Webhook": obj({
+        "id": ROW_ID, "url": text("scheme://host/path: the query is never shown (it may hold a token)"),
+        "events": STRINGS, "description": MAYBE_STRING,
+        "enabled": {**BOOLEAN, "description": "false: disabled (the receiver answered 410); a retry enables it"},
+        "disabled_reason": MAYBE_STRING, "disabled_at": MAYBE_TIMESTAMP,
+        "backlog": {**COUNT, "description": "events not delivered yet"},
+        "dropped": {**COUNT, "description": "events the backlog cap dropped (the oldest first)"},
+        "dropped_last_at": MAYBE_TIMESTAMP, "created_at": TIMESTAMP,
+        "secret": text("the whsec_ signing secret: in the answer to the creation only, never again"),
+    }, optional=("secret",)),
+    "WebhookList": obj({"webhooks": array(ref("Webhook")), "events": {**STRINGS, "description": "every event type"}}),
+    "WebhookDeleted": obj({"deleted": ROW_ID}),
+    "WebhookDelivery": obj({
+        "id": ROW_ID, "endpoint_id": ROW_ID,
+        "message_id": text("the webhook-id header: the same on every try"), "event_type": STRING,
+        "state": enum("pending", "delivered", "failed"), "attempts": {**COUNT, "description": "tries so far"},
+        "next_attempt_at": {**MAYBE_TIMESTAMP, "description": "pending: when it is tried next (after older ones)"},
+        "last_attempt_at": MAYBE_TIMESTAMP,
+        "last_status": {**MAYBE_INTEGER, "description": "the receiver's HTTP status (null: no answer)"},
+        "last_error": MAYBE_STRING, "created_at": TIMESTAMP, "finished_at": MAYBE_TIMESTAMP,
+        "payload": obj({"type": STRING, "timestamp": STRING, "data": {"type": "object"}},
+                       description="the body every try sends"),
+    }),
+    "WebhookDeliveries": obj({"webhook": ref("Webhook"), "deliveries": array(ref("WebhookDelivery")), "total": COUNT,
+                              "limit": COUNT, "offset": COUNT}),
 }
 
 
@@ -372,14 +569,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/api/v1/servers/{server_id}/models/sync"): Operation(
         "SyncAnswer", json_body(ref("Inventory")), BEARER_OR_NONE, writes=True),
     ("post", "/api/v1/servers/{server_id}/heartbeat"): Operation(
-        "HeartbeatAnswer", json_body(obj({"display_name": STRING, "api_url": STRING, "files_url": nullable(STRING)},
-                                         ("display_name", "api_url", "files_url")),
+        "HeartbeatAnswer", json_body(obj({"display_name": STRING, "api_url": STRING, "files_url": nullable(STRING),
+                                          "state": ref("NodeStateReport")},
+                                         ("display_name", "api_url", "files_url", "state")),
                                      required=False), BEARER_OR_NONE, writes=True),
     ("put", "/api/v1/servers/{server_id}/previews/{sha256}"): Operation("PreviewStored", IMAGE_BODY, BEARER, writes=True),
     ("get", "/api/v1/servers/{server_id}/files"): Operation({"anyOf": [ref("NodeFiles"), ref("NodeUnusableFiles")]}),
     ("post", "/api/v1/servers/{server_id}/token"): Operation("TokenIssued", security=BEARER, writes=True),
     # models
-    ("get", "/api/v1/models"): Operation("ModelList"),
+    ("get", "/api/v1/models"): Operation("ModelList", query={"update": enum("available")}),
     ("post", "/api/v1/models/scan"): Operation(
         "ScanResult", json_body(obj({"calculate_hashes": {"type": "boolean", "default": False}}, ("calculate_hashes",)),
                                 required=False), BEARER_OR_NONE, writes=True),
@@ -427,13 +625,29 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("get", "/api/v1/servers/{server_id}/transfers/orders"): Operation("TransferOrders", security=BEARER, writes=True),
     # --- downloads (#12) ---
     # --- Civitai update checks (#12) ---
+    ("post", "/api/v1/models/{id}/update-check"): Operation("UpdateChecked", security=BEARER, writes=True),
+    ("post", "/api/v1/models/{id}/update"): Operation("UpdateOrdered", security=BEARER, writes=True),
     # --- node state and ranking (#13) ---
     # --- demand, fleet analytics, recommendations (#13) ---
+    ("get", "/api/v1/analytics/demand"): Operation(
+        {JSON: {"schema": {"anyOf": [ref("DemandAnswer"), ref("DemandSeries")]}}}, security=BEARER_OR_NONE,
+        query={"window": {**enum("24h", "7d", "30d"), "default": "24h"}, "model_id": ROW_ID}),
+    ("get", "/api/v1/analytics/fleet"): Operation("FleetAnalytics", security=BEARER_OR_NONE),
+    ("get", "/api/v1/servers/{server_id}/recommendations"): Operation("Recommendations", security=BEARER_OR_NONE),
     # --- webhooks (#13) ---
+    ("post", "/api/v1/webhooks"): Operation("Webhook", json_body(ref("WebhookNew")), BEARER, writes=True),
+    ("get", "/api/v1/webhooks"): Operation("WebhookList", security=BEARER),
+    ("delete", "/api/v1/webhooks/{id}"): Operation("WebhookDeleted", security=BEARER, writes=True),
+    ("get", "/api/v1/webhooks/{id}/deliveries"): Operation(
+        "WebhookDeliveries", security=BEARER, query={"state": enum("pending", "delivered", "failed")}),
+    ("post", "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry"): Operation(
+        "WebhookDelivery", security=BEARER, writes=True),
+    ("post", "/api/v1/webhooks/{id}/test"): Operation("WebhookDelivery", security=BEARER, writes=True),
 }
 
 PATH_PARAMETERS = {"id": {**ROW_ID, "description": "a model's id"}, "file_id": {**ROW_ID, "description": "a file's id"},
-                   "server_id": SERVER_ID, "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}}
+                   "server_id": SERVER_ID, "sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                   "delivery_id": {**ROW_ID, "description": "a webhook delivery's id"}}
 _PAGE_SIZE = {"type": "integer", "minimum": 1, "maximum": 500}
 QUERY_PARAMETERS = {
     "type": STRING, "base": STRING, "text": STRING, "server": SERVER_ID, "kind": STRING, "path": STRING,
@@ -473,8 +687,8 @@ def _operation(route: Route, method: str, path: str, documented: dict[str, Any])
         if set(info) != {"description"}:  # e.g. an unquoted comma in a flow mapping: `{description: a, b}`
             raise ValueError(f"{method.upper()} {path} {status}: a response in a docstring is {{description: ...}}, not {info}")
         statuses[str(status)] = info["description"]
-    if "200" not in statuses:
-        raise LookupError(f"{method.upper()} {path}: its docstring lists no 200 answer")
+    if not any(status.startswith("2") for status in statuses):
+        raise LookupError(f"{method.upper()} {path}: its docstring lists no 2xx answer")
     if table.body is not None:
         statuses = {**_BODY_ERRORS, **statuses}
     if table.writes:

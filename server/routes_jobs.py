@@ -8,14 +8,14 @@ sent, so a node's sync holding the write lock never delays a queue.
 With MODELSYNC_QUEUE_TOKEN set, every route here needs it (or the admin token) as a Bearer token, checked from
 the headers before the body is read.
 
-A dispatch-check with `fulfil` (in its body, or MODELSYNC_FULFIL=peer) orders the copies a node lacks
-(server/transfers/fulfil.py): that writes, so it runs in a thread. Who may order: whoever passed the queue token
+A dispatch-check with `fulfil` (in its body, or MODELSYNC_FULFIL=peer or peer,civitai) orders the copies a node lacks
+(server/transfers/fulfil.py), from Civitai too with "fulfil": true or peer,civitai: that writes and may ask Civitai,
+so it runs in a thread. Who may order: whoever passed the queue token
 check when a queue token is set, else only loopback clients; anyone else gets the answer without fulfil and a
 `fulfil_not_authorised` warning.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import sqlite3
 from typing import Any, Callable
@@ -40,18 +40,21 @@ from modelsync.shared.jobs.resolver import (
     load_nodes,
     mark_pending,
     record_last_used,
-    record_wanted,
     resolve,
     verify,
 )
 
-from .auth import bearer_token, is_loopback, real_client
+from .auth import bearer_token, is_loopback, is_queue_or_admin_token, real_client
 from .body import expect_object, read_json
 from .context import ServerContext, context
 from .errors import ApiError
+from .insight import node_state
+from .insight.ranking import StateRanking, rank_nodes
 from .queries import MAX_PAGE_SIZE, int_param
 from .registry import MAX_ROW_ID
-from .transfers.fulfil import fulfil
+from .transfers.civitai_calls import calls_for
+from .transfers.fulfil import fulfil_job
+from .webhooks.blocked import record_wanted_and_blocked
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,11 @@ log = logging.getLogger(__name__)
 def _nodes(ctx: ServerContext) -> dict[str, NodeInfo]:
     cutoff = ctx.liveness.cutoff()
     return load_nodes(ctx.registry.db(), lambda sid, sync, beat: ctx.liveness.is_online(sid, sync, beat, cutoff))
+
+
+def _ranking(ctx: ServerContext, db: Any) -> StateRanking:
+    """The nodes' states from memory (one indexed read while unchanged), inside the caller's read snapshot."""
+    return StateRanking(node_state.cache_for(ctx.registry).states(db))
 
 
 def _require_queue_token(request: Request, ctx: ServerContext) -> None:
@@ -70,10 +78,7 @@ def _require_queue_token(request: Request, ctx: ServerContext) -> None:
     if token is None:
         raise ApiError(401, "the job checks need the queue token (or the admin token) as 'Authorization: Bearer <token>'",
                        "Authorization", {"WWW-Authenticate": "Bearer"})
-    presented = token.encode()
-    # both compared, whatever the first gives: the time taken does not tell which token was close
-    matches = [hmac.compare_digest(presented, known.encode()) for known in (expected, ctx.admin_token)]
-    if not any(matches):
+    if not is_queue_or_admin_token(token, expected, ctx.admin_token):
         raise ApiError(403, "the token is neither the queue token nor the admin token", "Authorization")
 
 
@@ -102,10 +107,15 @@ FULFIL_NOT_AUTHORISED = {
 
 def _wants_fulfil(body: dict[str, Any], ctx: ServerContext) -> bool:
     """`"fulfil"` in the body, else the server-wide default (MODELSYNC_FULFIL)."""
-    wanted = body.get("fulfil", ctx.config.fulfil == "peer")
+    wanted = body.get("fulfil", ctx.config.fulfil != "off")
     if not isinstance(wanted, bool):
         raise ApiError(400, "fulfil must be true or false", "fulfil")
     return wanted
+
+
+def _fulfils_from_civitai(body: dict[str, Any], ctx: ServerContext) -> bool:
+    """`"fulfil": true` asks Civitai too; without it, MODELSYNC_FULFIL=peer,civitai does."""
+    return body.get("fulfil") is True or ("fulfil" not in body and ctx.config.fulfil == "peer,civitai")
 
 
 def _may_order(request: Request, ctx: ServerContext) -> bool:
@@ -126,7 +136,7 @@ def _after(ctx: ServerContext, write: Callable[..., int], *args: Any, **kwargs: 
 
 def _wanted_task(ctx: ServerContext, resolutions: list[Resolution]) -> BackgroundTask | None:
     if any(r.status == "unknown" or (r.status == "resolved" and not r.held) for r in resolutions):
-        return _after(ctx, record_wanted, resolutions)
+        return _after(ctx, record_wanted_and_blocked, resolutions)  # + the job.blocked webhook event
     return None
 
 
@@ -151,7 +161,9 @@ async def jobs_availability(request: Request) -> JSONResponse:
     with read_snapshot(db):
         resolutions = resolve(db, parsed.requirements, ctx.config.name_conflicts)
         mark_pending(db, resolutions)
-        answer = availability(resolutions, _nodes(ctx))
+        answer = availability(resolutions, _nodes(ctx), _ranking(ctx, db))
+    if record and ctx.demand is not None:
+        ctx.demand.record(resolutions, answer)  # in memory; written in batches (server/insight/demand.py)
     background = _wanted_task(ctx, resolutions) if record else None
     return JSONResponse({"format": parsed.format, "model_availability": answer}, background=background)
 
@@ -166,7 +178,9 @@ async def dispatch_check(request: Request) -> JSONResponse:
       (`nodes` can run it) or fail (a reference is unknown, ambiguous or contradictory, or no node has the model).
       An approved dispatch records last_used for its models (unless "record" is false). With "fulfil": true (or
       MODELSYNC_FULFIL=peer), when the job cannot run on the node only because it lacks models an online peer can
-      serve, the copies are ordered (once; asking again returns the same ones) and listed in `transfers`: action
+      serve (or, with "fulfil": true or MODELSYNC_FULFIL=peer,civitai, that Civitai has: a reference by AutoV2,
+      SHA256 or the 12-hex AutoV3 is looked up at Civitai by hash), the copies or downloads are ordered (once;
+      asking again returns the same ones) and listed in `transfers`: action
       route_elsewhere when other nodes can run the job now, else retry_later; ok once the node has synced them. A
       transfer that failed for good is listed as it is, with the answer without fulfil. Who may order: docs/security.md
       (else a fulfil_not_authorised warning).
@@ -190,16 +204,18 @@ async def dispatch_check(request: Request) -> JSONResponse:
         resolutions = resolve(db, parsed.requirements, ctx.config.name_conflicts)
         mark_pending(db, resolutions, server_id)
         nodes = _nodes(ctx)
+        ranking = _ranking(ctx, db)
     try:
-        answer = dispatch(parsed, resolutions, nodes, server_id)
+        answer = dispatch(parsed, resolutions, nodes, server_id, ranking)
     except UnknownNode:
         raise ApiError(404, f"no node {server_id!r} is registered", "server_id") from None
     if wants_fulfil and not _may_order(request, ctx):
         answer["warnings"] = [*answer["warnings"], FULFIL_NOT_AUTHORISED]
     elif wants_fulfil:
-        fulfilment = await run_in_threadpool(lambda: fulfil(ctx.registry.db(), answer, resolutions, nodes, server_id,
-                                                            own_server_id=ctx.config.own_server_id))
-        answer = fulfilment.answer
+        calls = calls_for(ctx.worker) if _fulfils_from_civitai(body, ctx) else None
+        fulfilment = await run_in_threadpool(lambda: fulfil_job(ctx.registry.db(), calls, answer, resolutions, nodes,
+                                                                server_id, own_server_id=ctx.config.own_server_id))
+        answer = rank_nodes(fulfilment.answer, resolutions, nodes, ranking)
         if fulfilment.ordered:
             ctx.signals.notify(server_id)
     if not record:

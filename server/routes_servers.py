@@ -9,14 +9,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from modelsync.shared.catalog import write_transaction
+from modelsync.shared.catalog import read_snapshot, write_transaction
 from modelsync.shared.inventory import parse_inventory, valid_server_id
+from modelsync.shared.node.state import StateError, StateReport, parse_report
 
 from . import queries
 from .auth import NodeAuth, admit_node, issue_token, register_first_contact, require_admin
 from .body import expect_object, parse_json, read_body, read_json
 from .context import ServerContext, context
 from .errors import ApiError
+from .insight import node_state
 from .node_previews import MAX_UPLOAD_BYTES, drop_vanished, store_node_preview
 from .sync import (answer_unchanged, last_digest, record_files_url, record_heartbeat, sources_may_have_appeared,
                    sync_inventory, was_online)
@@ -103,16 +105,19 @@ async def heartbeat(request: Request) -> JSONResponse:
     ---
     summary: Heartbeat; registers the node on first contact like a sync
     description: >
-      Body (optional): {"display_name": ..., "api_url": ..., "files_url": ...}; files_url is the base URL peers fetch
-      this node's files from (absent or null: as it was).
+      Body (optional): {"display_name": ..., "api_url": ..., "files_url": ..., "state": {...}}; files_url is the base
+      URL peers fetch this node's files from (absent or null: as it was); state is what the node is doing (loaded and
+      selected checkpoint, busy, free disk per model root, GPU memory: docs/api.md), kept as its last state.
     responses:
       200: {description: the heartbeat recorded}
+      400: {description: "a field of the body is not valid; `field` names it (e.g. state.disks[0].free_bytes)"}
       401: {description: the node is registered and no token was sent}
       403: {description: "another node's token, or registration is not open to this client"}
     """
     ctx = context(request)
     admitted = await _admit(ctx, request)
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes, optional=True))
+    report = _state_report(body)
 
     def work() -> tuple[dict[str, Any], bool]:
         db = ctx.registry.db()
@@ -120,7 +125,13 @@ async def heartbeat(request: Request) -> JSONResponse:
             auth = register_first_contact(db, admitted)
             back_online = not was_online(db, ctx.liveness, admitted.server_id)
             url_changed = record_files_url(db, admitted.server_id, body)
-            return {**record_heartbeat(db, admitted.server_id, body), **_registration(auth)}, back_online or url_changed
+            answer = {**record_heartbeat(db, admitted.server_id, body), **_registration(auth)}
+            if report is not None:
+                state = node_state.record_state(db, admitted.server_id, report, answer["last_heartbeat"])
+                version = node_state.states_version(db)
+        if report is not None:  # committed: the job checks see it from memory
+            node_state.cache_for(ctx.registry).put(state, version)
+        return answer, back_online or url_changed
 
     answer, sources_changed = await run_in_threadpool(work)
     if sources_changed:
@@ -128,15 +139,33 @@ async def heartbeat(request: Request) -> JSONResponse:
     return JSONResponse(answer)
 
 
+def _state_report(body: dict[str, Any]) -> StateReport | None:
+    if body.get("state") is None:
+        return None
+    try:
+        return parse_report(body["state"])
+    except StateError as exc:
+        raise ApiError(400, str(exc), exc.field) from None
+
+
 def list_servers(request: Request) -> JSONResponse:
     """Every node.
     ---
-    summary: Every node with online/offline, last sync, last heartbeat, file and model counts
+    summary: Every node with online/offline, last sync, last heartbeat, file and model counts, and its state
+    description: >
+      `state` is what the node last reported with a heartbeat (loaded checkpoint, busy, free disk, GPU memory);
+      `state.current` is false when the node is offline: its last state, shown as such, never used for ranking.
     responses:
       200: {description: every node}
     """
     ctx = context(request)
-    servers = queries.list_servers(ctx.registry.db(), ctx.liveness)
+    db = ctx.registry.db()
+    with read_snapshot(db):
+        servers = queries.list_servers(db, ctx.liveness)
+        states = node_state.read_states(db)
+    for server in servers:
+        found = states.get(server["id"])
+        server["state"] = found.as_dict(server["online"]) if found is not None else None
     return JSONResponse({"servers": servers, "offline_after_seconds": ctx.config.offline_after_seconds})
 
 

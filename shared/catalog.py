@@ -291,23 +291,162 @@ def _v9_transfers(db: sqlite_utils.Database) -> None:
 
 
 def _v10_downloads(db: sqlite_utils.Database) -> None:
-    """Transfers from Civitai and URLs (issue #12, the transfer orders' download sources)."""
+    """Transfers from Civitai and URLs (issue #12, the transfer orders' download sources). A 'civitai' transfer
+    keeps what its order and the API show: the Civitai model, version and file (ids and names); `source_ref` holds
+    the version id, or for a 'url' transfer the URL as ordered (its query may hold a token: never shown).
+    `civitai_versions`: the model-version JSON a download order hands the node (one row per version)."""
+    for column, kind in (("civitai_model_id", "INTEGER"), ("civitai_model_name", "TEXT"),
+                         ("civitai_version_id", "INTEGER"), ("civitai_version_name", "TEXT"),
+                         ("civitai_file_id", "INTEGER"), ("civitai_file_name", "TEXT")):
+        db.conn.execute(f"ALTER TABLE transfers ADD COLUMN {column} {kind}")
+    db.conn.execute("""
+        CREATE TABLE civitai_versions (
+            version_id INTEGER PRIMARY KEY,
+            data TEXT NOT NULL,
+            fetched_at TEXT NOT NULL
+        )""")
 
 
 def _v11_civitai_updates(db: sqlite_utils.Database) -> None:
-    """Civitai update checks (issue #12): the newest version of each model the fleet holds."""
+    """Civitai update checks (issue #12). `civitai_update_checks`: one row per Civitai model id the fleet holds a
+    version of: when it was last answered (`checked_at`, the answer's versions in `answer`, JSON), when it is due again
+    (`next_check_at`), and the consecutive failures (`attempts`, `error`; a failure never changes an answer).
+    `civitai_updates`: per registry model, the newer version found for the version it holds (`held_version_id`;
+    `version_id` NULL: none newer), with the version's JSON for ordering it."""
+    db.conn.execute("""
+        CREATE TABLE civitai_update_checks (
+            civitai_model_id INTEGER PRIMARY KEY,
+            checked_at TEXT,
+            next_check_at TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            answer TEXT
+        )""")
+    db.conn.execute("CREATE INDEX idx_civitai_update_checks_next_check_at ON civitai_update_checks (next_check_at)")
+    db.conn.execute("""
+        CREATE TABLE civitai_updates (
+            model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+            civitai_model_id INTEGER NOT NULL,
+            held_version_id INTEGER NOT NULL,
+            version_id INTEGER,
+            name TEXT,
+            published_at TEXT,
+            base_model TEXT,
+            download_url TEXT,
+            version TEXT,
+            checked_at TEXT NOT NULL
+        )""")
+    db.conn.execute("CREATE INDEX idx_civitai_updates_version_id ON civitai_updates (version_id)")
 
 
 def _v12_node_state(db: sqlite_utils.Database) -> None:
-    """What each node is doing (issue #13): loaded checkpoint, busy, free disk, GPU memory."""
+    """What each node is doing (issue #13): loaded checkpoint, busy, free disk, GPU memory, as its last heartbeat
+    reported it. `modules` and `disks` hold JSON lists; `busy` 0/1 (NULL: unknown). The counter
+    `registry_versions.node_states`, kept by triggers whoever writes, lets the job checks keep the states in memory
+    and notice in one read that someone else changed them."""
+    db.conn.execute("""
+        CREATE TABLE node_states (
+            server_id TEXT PRIMARY KEY REFERENCES servers(id) ON DELETE CASCADE,
+            reported_at TEXT NOT NULL,
+            loaded_title TEXT,
+            loaded_sha256 TEXT,
+            selected_title TEXT,
+            selected_sha256 TEXT,
+            modules TEXT,
+            busy INTEGER,
+            gpu_total_bytes INTEGER,
+            gpu_free_bytes INTEGER,
+            disks TEXT,
+            floor_bytes INTEGER
+        )""")
+    db["registry_versions"].insert({"topic": "node_states", "version": 0})
+    for event in ("INSERT", "UPDATE", "DELETE"):
+        db.conn.execute(f"""CREATE TRIGGER node_states_{event.lower()} AFTER {event} ON node_states BEGIN
+                            UPDATE registry_versions SET version = version + 1 WHERE topic = 'node_states'; END""")
 
 
 def _v13_demand(db: sqlite_utils.Database) -> None:
-    """Demand analytics (issue #13): hourly request counts per model."""
+    """Demand analytics (issue #13): how often pre-submission job checks named each model, and how often no online
+    node held it (`unmet`), per hour (UTC; `hour` is the hour's start as TIME_FORMAT text; rows older than 90 days
+    are pruned). `model_key` is "sha256:<hex>" for a model the registry knows (`model_id` then set), else the
+    reference as the wanted list keys it ("name:<normalised>", "civitai_version_id:<n>", ...). `demand_recording`
+    holds when counting began (nothing is called cold before it has gone on for 30 days)."""
+    db.conn.execute("""
+        CREATE TABLE demand_hourly (
+            hour TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            model_key TEXT NOT NULL,
+            model_id INTEGER REFERENCES models(id) ON DELETE SET NULL,
+            label TEXT,
+            requests INTEGER NOT NULL,
+            unmet INTEGER NOT NULL,
+            PRIMARY KEY (hour, kind, model_key)
+        )""")
+    db.conn.execute("CREATE INDEX idx_demand_hourly_model_key ON demand_hourly (model_key, hour)")
+    db.conn.execute("CREATE INDEX idx_demand_hourly_model_id ON demand_hourly (model_id)")
+    db.conn.execute("CREATE TABLE demand_recording (id INTEGER PRIMARY KEY CHECK (id = 1), started_at TEXT NOT NULL)")
+    db.conn.execute("INSERT INTO demand_recording (id, started_at) VALUES (1, ?)", [utc_now()])
 
 
 def _v14_webhooks(db: sqlite_utils.Database) -> None:
-    """Signed webhooks (issue #13): endpoints, the durable outbox, deliveries."""
+    """Signed webhooks (issue #13): endpoints, the durable outbox, deliveries.
+    `webhook_deliveries` is the outbox and the delivery log at once: one row per (event, endpoint), delivered in id
+    order per endpoint; `message_id` is the webhook-id every try of it carries; `next_attempt_at` is Unix seconds
+    (retry delays may be shorter than a second). `dropped` counts what the backlog cap threw away.
+    `webhook_node_watch`, `webhook_lost_models`, `webhook_blocked_refs`: the last judged state of what the events
+    are about (a node online, its disk low; a used model without an online holder; a reference reported blocked),
+    so a restart sends no event again."""
+    db.conn.execute("""
+        CREATE TABLE webhook_endpoints (
+            id INTEGER PRIMARY KEY,
+            url TEXT NOT NULL,
+            events TEXT NOT NULL,
+            description TEXT,
+            secret TEXT NOT NULL,
+            enabled INTEGER NOT NULL DEFAULT 1,
+            disabled_reason TEXT,
+            disabled_at TEXT,
+            dropped INTEGER NOT NULL DEFAULT 0,
+            dropped_last_at TEXT,
+            created_at TEXT NOT NULL
+        )""")
+    db.conn.execute("""
+        CREATE TABLE webhook_deliveries (
+            id INTEGER PRIMARY KEY,
+            endpoint_id INTEGER NOT NULL REFERENCES webhook_endpoints(id) ON DELETE CASCADE,
+            message_id TEXT NOT NULL,
+            event_type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('pending', 'delivered', 'failed')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_attempt_at TEXT,
+            last_status INTEGER,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            finished_at TEXT
+        )""")
+    db.conn.execute("CREATE INDEX idx_webhook_deliveries_endpoint_state ON webhook_deliveries (endpoint_id, state, id)")
+    db.conn.execute("CREATE INDEX idx_webhook_deliveries_state ON webhook_deliveries (state, endpoint_id)")
+    db.conn.execute("""
+        CREATE TABLE webhook_node_watch (
+            server_id TEXT PRIMARY KEY REFERENCES servers(id) ON DELETE CASCADE,
+            online INTEGER NOT NULL,
+            disk_low INTEGER NOT NULL DEFAULT 0,
+            judged_at TEXT NOT NULL
+        )""")
+    db.conn.execute("""
+        CREATE TABLE webhook_lost_models (
+            model_id INTEGER PRIMARY KEY REFERENCES models(id) ON DELETE CASCADE,
+            since TEXT NOT NULL
+        )""")
+    db.conn.execute("""
+        CREATE TABLE webhook_blocked_refs (
+            kind TEXT NOT NULL,
+            reference_key TEXT NOT NULL,
+            last_sent_at TEXT NOT NULL,
+            PRIMARY KEY (kind, reference_key)
+        )""")
 
 
 # Append new steps; never edit a released one. Step i brings the schema to version i + 1.

@@ -1,7 +1,9 @@
 """A small stand-in for the parts of Forge/A1111 the extension touches, with the real signatures:
-modules.script_callbacks (on_ui_tabs -> [(blocks, title, elem_id)], on_ui_settings(), on_app_started(demo, app)),
-modules.shared (opts.add_option, OptionInfo, cmd_opts, state: job / job_count with begin() and end()), modules.paths,
-modules.sd_models (model_path, list_models() filling checkpoints_list), modules.call_queue (queue_lock), the built-in
+modules.script_callbacks (on_ui_tabs -> [(blocks, title, elem_id)], on_ui_settings(), on_app_started(demo, app),
+on_model_loaded(sd_model)), modules.shared (opts.add_option, OptionInfo, cmd_opts, state: job / job_count with begin()
+and end()), modules.paths, modules.sd_models (model_path, list_models() filling checkpoints_list, model_data.sd_model
+with its sd_checkpoint_info; `Host.load_model` does what Forge's forge_model_reload does: the model resident, the
+selection and opts.sd_checkpoint_hash set, on_model_loaded fired), modules.call_queue (queue_lock), the built-in
 LoRA extension's flat `networks` module (list_available_networks() filling available_networks), Forge's
 modules.ui_extra_networks_textual_inversion.embedding_db (load_textual_inversion_embeddings(force_reload,
 sync_with_sd_model)), modules_forge.shared and launch (is_installed, run_pip). Each list refresh is recorded with
@@ -21,6 +23,13 @@ from typing import Any
 HOST_MODULES = ("modules", "modules.script_callbacks", "modules.shared", "modules.paths", "modules.sd_models",
                 "modules.call_queue", "modules.ui_extra_networks_textual_inversion", "modules_forge",
                 "modules_forge.shared", "launch", "networks")
+
+
+class CheckpointInfo:
+    """modules.sd_models.CheckpointInfo as the state reads it: title `name [shorthash]` and sha256 (None until hashed)."""
+
+    def __init__(self, title: str, sha256: str | None = None):
+        self.title, self.sha256 = title, sha256
 
 
 class SettingsTypeError(Exception):
@@ -116,6 +125,7 @@ class Host:
         self.ui_tabs: list[Callable] = []
         self.ui_settings: list[Callable] = []
         self.app_started: list[Callable] = []
+        self.model_loaded: list[Callable] = []
         self.installed: set[str] = set()
         self.pip_calls: list[str] = []
         self.refreshes: list[tuple[str, bool, dict[str, Any]]] = []  # (list, generating then, keywords)
@@ -127,6 +137,7 @@ class Host:
         m["modules.script_callbacks"].on_ui_tabs = self.ui_tabs.append
         m["modules.script_callbacks"].on_ui_settings = self.ui_settings.append
         m["modules.script_callbacks"].on_app_started = self.app_started.append
+        m["modules.script_callbacks"].on_model_loaded = self.model_loaded.append
         m["modules.shared"].opts = Options()
         m["modules.shared"].OptionInfo = OptionInfo
         m["modules.shared"].cmd_opts = types.SimpleNamespace(**cmd_opts)
@@ -137,6 +148,7 @@ class Host:
         m["modules.sd_models"].model_path = str(models_path / "Stable-diffusion")
         m["modules.sd_models"].checkpoints_list = {}
         m["modules.sd_models"].list_models = self._list_models
+        m["modules.sd_models"].model_data = types.SimpleNamespace(sd_model=None)
         m["modules.call_queue"].queue_lock = threading.Lock()
         m["networks"].available_networks = {}
         m["networks"].list_available_networks = self._list_available_networks
@@ -184,6 +196,17 @@ class Host:
     @property
     def opts(self) -> Options:
         return self.modules["modules.shared"].opts
+
+    def load_model(self, title: str, sha256: str | None = None) -> None:
+        """Forge's forge_model_reload: the checkpoint resident and selected, its hash in opts, on_model_loaded fired
+        (in the caller's thread, as the host's generation thread fires it)."""
+        info = CheckpointInfo(title, sha256)
+        model = types.SimpleNamespace(sd_checkpoint_info=info)
+        self.modules["modules.sd_models"].model_data.sd_model = model
+        self.opts.sd_model_checkpoint = title
+        self.opts.sd_checkpoint_hash = sha256
+        for fn in self.model_loaded:
+            fn(model)
 
     def settings_ui(self) -> None:
         for fn in self.ui_settings:

@@ -156,6 +156,8 @@ def server_env(config: ServerConfig) -> dict[str, str]:
         "MODEL_PATH": os.pathsep.join(str(p) for p in config.model_paths),
         "MODELSYNC_REGISTRATION": config.registration,
         "MODELSYNC_FULFIL": config.fulfil,
+        "CIVITAI_API_KEY": config.civitai_api_key or "",
+        "MODELSYNC_SHARE_CIVITAI_KEY": "true" if config.share_civitai_key else "false",
     }
     return env
 

@@ -40,7 +40,7 @@ def test_the_served_document_is_valid_openapi_with_the_release_and_api_version(c
     assert document["info"]["version"] == modelsync.__version__
     assert document["info"]["x-api-version"] == "1"
     operations = {(method, path) for path, ops in document["paths"].items() for method in ops}
-    assert operations == _api_operations() and len(operations) == 34
+    assert operations == _api_operations() and len(operations) == 45
     assert not any(path.startswith("/dashboard") for path in document["paths"])
 
 

@@ -23,7 +23,7 @@ import re
 import weakref
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 import sqlite_utils
 
@@ -635,12 +635,38 @@ def runnable_on(resolutions: list[Resolution], nodes: dict[str, NodeInfo], onlin
     return found
 
 
+class Ranking(Protocol):
+    """How the nodes that can run a job are ordered beyond today's order (the central server's, from what each node
+    reports: server/insight/ranking.py); each node with the words that placed it (`reasons`)."""
+
+    def order(self, resolutions: list[Resolution], nodes: list[NodeInfo]) -> list[tuple[NodeInfo, list[str]]]: ...
+
+    def better_nodes(self, resolutions: list[Resolution], nodes: dict[str, NodeInfo],
+                     server_id: str) -> list[tuple[NodeInfo, list[str]]]: ...
+
+
+class TodaysOrder:
+    """No ranking beyond `runnable_on`'s order, no hint."""
+
+    def order(self, resolutions: list[Resolution], nodes: list[NodeInfo]) -> list[tuple[NodeInfo, list[str]]]:
+        return [(n, []) for n in nodes]
+
+    def better_nodes(self, resolutions: list[Resolution], nodes: dict[str, NodeInfo],
+                     server_id: str) -> list[tuple[NodeInfo, list[str]]]:
+        return []
+
+
+def ranked(order: list[tuple[NodeInfo, list[str]]]) -> list[dict[str, Any]]:
+    """The nodes as the answers list them: each with its place (1 = best) and the reasons."""
+    return [{**node.as_dict(), "rank": i, "reasons": reasons} for i, (node, reasons) in enumerate(order, 1)]
+
+
 def _list(labels: list[str]) -> str:
     return "; ".join(labels)
 
 
-def availability(resolutions: list[Resolution], nodes: dict[str, NodeInfo]) -> dict[str, Any]:
-    """The pre-submission answer (`model_availability`)."""
+def availability(resolutions: list[Resolution], nodes: dict[str, NodeInfo], ranking: Ranking = TodaysOrder()) -> dict[str, Any]:
+    """The pre-submission answer (`model_availability`); `candidates` best first, by `ranking`."""
     servers = []
     per_node = [r for r in resolutions if r.status == "name_conflict"]
     for node in nodes.values():
@@ -672,13 +698,15 @@ def availability(resolutions: list[Resolution], nodes: dict[str, NodeInfo]) -> d
         "reason": reason,
         "requirements": [requirement_answer(r) for r in resolutions],
         "servers": servers,
-        "candidates": [n.as_dict() for n in candidates],
+        "candidates": ranked(ranking.order(resolutions, candidates)),
         "warnings": _name_conflict_warnings(resolutions),
     }
 
 
-def dispatch(parsed: ParsedJob, resolutions: list[Resolution], nodes: dict[str, NodeInfo], server_id: str) -> dict[str, Any]:
-    """The pre-dispatch answer for one node: ok with the payload in that node's names, or what the queue should do."""
+def dispatch(parsed: ParsedJob, resolutions: list[Resolution], nodes: dict[str, NodeInfo], server_id: str,
+             ranking: Ranking = TodaysOrder()) -> dict[str, Any]:
+    """The pre-dispatch answer for one node: ok with the payload in that node's names (and the nodes `ranking` finds
+    better placed, a hint), or what the queue should do (`nodes` best first)."""
     node = nodes.get(server_id)
     if node is None:
         raise UnknownNode(server_id)
@@ -694,16 +722,18 @@ def dispatch(parsed: ParsedJob, resolutions: list[Resolution], nodes: dict[str, 
         "payload": None,
         "override_settings": {},
         "nodes": [],
+        "better_nodes": [],
         "warnings": _name_conflict_warnings(resolutions, server_id),
     }
     if not missing and node.online:
         rewritten = rewrite(parsed, {r.reference.key: r.local_name(server_id) for r in resolutions})
         reason = f"{server_id} has every model the job names" if resolutions else "the job names no model"
-        answer.update(ok=True, reason=reason, payload=rewritten.payload, override_settings=rewritten.override_settings)
+        answer.update(ok=True, reason=reason, payload=rewritten.payload, override_settings=rewritten.override_settings,
+                      better_nodes=ranked(ranking.better_nodes(resolutions, nodes, server_id)))
         return answer
     others = [n for n in runnable_on(resolutions, nodes) if n.server_id != server_id]
     action, reason, alternatives = _decide(resolutions, nodes, node, missing, others)
-    answer.update(action=action, reason=reason, nodes=[n.as_dict() for n in alternatives])
+    answer.update(action=action, reason=reason, nodes=ranked(ranking.order(resolutions, alternatives)))
     return answer
 
 

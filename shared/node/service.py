@@ -2,6 +2,12 @@
 progress, pushes to the central server with back-off, heartbeats, re-scans on a timer and soon after a change in the
 model folders, runs the transfers the server orders, reads the fleet counts, and keeps the status a face shows.
 
+Every heartbeat carries the node's state (shared/node/state.py): what the host is doing, the free disk of each model
+root, the GPU's memory. A thread of its own looks at the host's activity every few seconds, and at once when the
+face says it changed (`state_changed`: a model loaded); a change is sent in a heartbeat of its own, at most one such
+heartbeat per EXTRA_HEARTBEAT_SECONDS however often the state flips (the last state is sent when that time is up).
+The first one follows the start-up push, so the central server knows the state from the start.
+
 A scan and a push hold different locks: the tab's scan reports as soon as the files are read, its push goes on
 in the background (a central server that takes the connection and never answers holds only the push), and a
 newer scan meanwhile replaces the inventory that waits to be pushed. A re-scan of the timer or the watcher whose
@@ -26,6 +32,7 @@ from ..transfer.receiver import Received
 from .client import NodeClient
 from .config import NodeConfig
 from .received import record_received
+from .state import HostActivity, StateReport, disk_spaces, gpu_memory
 from .transfers import TransferRunner
 from .watcher import FolderWatcher
 
@@ -33,6 +40,8 @@ log = logging.getLogger("modelsync.node")
 
 RETRY_DELAYS_SECONDS = (5.0, 15.0, 60.0, 300.0)  # after the 1st, 2nd, 3rd, further failed pushes
 IDLE_SECONDS = 60.0  # with nothing due, the background thread reads the settings again after this long
+STATE_POLL_SECONDS = 2.0  # the host's activity is looked at this often (and at once when the face says it changed)
+EXTRA_HEARTBEAT_SECONDS = 5.0  # at most one heartbeat for a changed state per this long
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class NodeService:
         retry_delays: tuple[float, ...] = RETRY_DELAYS_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         timeouts: Timeouts = Timeouts(),
+        activity: Callable[[], HostActivity] = HostActivity,
     ):
         self.data_path = Path(data_path)
         self.catalog_path = self.data_path / "catalog.db"
@@ -134,6 +144,12 @@ class NodeService:
         self.fleet: dict[str, int] | None = None  # the last fleet counts read (None: none, or no server)
         self.fleet_read_at = -1  # pushes_taken when that read started
         self.transfers = TransferRunner(config, roots, self._client_for, self._add_received)
+        self._activity = activity  # what the host is doing (`modelsync node`: nothing known)
+        self._state_wake = threading.Event()
+        self._state_thread: threading.Thread | None = None
+        self._sent_activity: HostActivity | None = None  # as the last heartbeat the server took reported it
+        self._last_extra: float | None = None  # service clock of the last heartbeat sent for a changed state
+        self.state_heartbeats = 0  # heartbeats sent for a changed state
 
     def config(self) -> NodeConfig:
         return self._config()
@@ -299,14 +315,67 @@ class NodeService:
     def heartbeat(self) -> bool:
         """Tell the central server this node is alive; True when it answered."""
         config = self._config()
+        report = self.current_state()
         try:
-            self._client_for(config).heartbeat(config.display_name, config.api_url)
+            self._client_for(config).heartbeat(config.display_name, config.api_url, report.to_dict())
         except PushError as exc:
             self._failed(exc)
             return False
+        self._sent_activity = report.activity
         self.push_status.last_heartbeat = time.time()
         self._answered()
         return True
+
+    # the node's state
+
+    def current_state(self) -> StateReport:
+        """What the node is doing now; a part that cannot be read is reported as not known."""
+        return StateReport(self._host_activity(), disk_spaces(self._roots()), gpu_memory(), self._config().free_floor_bytes)
+
+    def _host_activity(self) -> HostActivity:
+        try:
+            return self._activity()
+        except Exception:  # a host that changed under us must not stop the heartbeats
+            log.warning("modelsync: reading the host's state failed", exc_info=True)
+            return HostActivity()
+
+    def state_changed(self) -> None:
+        """The face saw the host's state change (a model loaded): look at it now. Returns at once."""
+        self._state_wake.set()
+
+    def _state_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                delay = self._report_changed_state()
+            except Exception:  # the thread must outlive one bad round
+                log.exception("modelsync state report failed")
+                delay = STATE_POLL_SECONDS
+            self._state_wake.wait(delay)
+            self._state_wake.clear()
+
+    def _report_changed_state(self) -> float:
+        """Send a heartbeat when the host's activity differs from the last one the server took, unless one was sent
+        for a change less than EXTRA_HEARTBEAT_SECONDS ago; the seconds until the next look."""
+        config = self._config()
+        if not config.server_url or config.heartbeat_seconds <= 0 or self._pending is not None:
+            # no heartbeats configured, or the push and its retries come first (their heartbeats carry the state).
+            # How the last request went does not matter: a failed read of the fleet counts says nothing about the
+            # next heartbeat.
+            return STATE_POLL_SECONDS
+        if self._host_activity() == self._sent_activity:
+            return STATE_POLL_SECONDS
+        now = self._clock()
+        if self._last_extra is not None and now < self._last_extra + EXTRA_HEARTBEAT_SECONDS:
+            return min(STATE_POLL_SECONDS, self._last_extra + EXTRA_HEARTBEAT_SECONDS - now)
+        if not self._push_lock.acquire(timeout=STATE_POLL_SECONDS):
+            return 0.0  # a push is under way: look again when it is over
+        try:
+            self._last_extra = now
+            self.state_heartbeats += 1
+            self.heartbeat()
+        finally:
+            self._push_lock.release()
+        return STATE_POLL_SECONDS
 
     def _answered(self) -> None:
         """The server answered a heartbeat or the fleet counts: reachable; a failed push still waiting keeps its error."""
@@ -370,6 +439,8 @@ class NodeService:
             self.scan_and_push(self._config().hash_new_files)
         if not self._stop.is_set():
             self.transfers.start()
+            self._state_thread = threading.Thread(target=self._state_loop, name="modelsync-state", daemon=True)
+            self._state_thread.start()
         while not self._stop.is_set():
             try:
                 self._follow_watch_settings()
@@ -451,9 +522,11 @@ class NodeService:
         transfers under way (left resumable)."""
         self._stop.set()
         self._wake.set()
+        self._state_wake.set()
         self.transfers.stop(timeout)
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        for thread in (self._thread, self._state_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
 
     # the status line
 

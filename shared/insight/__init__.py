@@ -1,0 +1,1 @@
+"""Fleet insight computed from plain numbers: demand trends and forecasts."""

@@ -1,0 +1,1 @@
+"""Standard Webhooks 1.0: secrets and signatures (framework-free)."""
