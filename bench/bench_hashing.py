@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from modelsync.shared.hashing import hash_file, hash_files
+from modelsync.shared.scan.hashing import hash_file, hash_files
 
 
 def make_file(path: Path, mib: int, safetensors: bool) -> Path:

@@ -11,10 +11,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from modelsync.shared import scanner as scanner_module
+from modelsync.shared.scan import scanner as scanner_module
 from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 
 
 def write_tree(root: Path, count: int) -> None:

@@ -35,7 +35,7 @@ def open_node_catalog(args: argparse.Namespace):
 
 
 def _roots(args: argparse.Namespace):
-    from modelsync.shared.model_folders import roots_for
+    from modelsync.shared.scan.model_folders import roots_for
 
     roots = []
     for folder in args.roots:
@@ -50,7 +50,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise CliError("give at least one folder (ROOT or --role KIND=DIR)", 2)
     db, folder = open_node_catalog(args)
     from modelsync.shared.catalog_view import record_of
-    from modelsync.shared.scanner import scan
+    from modelsync.shared.scan.scanner import scan
 
     bar = None
     if not args.json and sys.stderr.isatty():
@@ -133,7 +133,7 @@ def _push_words(url: str, push: dict[str, Any]) -> str:
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
-    from modelsync.shared.hashing import hash_file
+    from modelsync.shared.scan.hashing import hash_file
 
     results, status = [], 0
     for path in args.files:

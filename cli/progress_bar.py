@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from modelsync.shared.scanner import ScanProgress
+from modelsync.shared.scan.scanner import ScanProgress
 
 
 class ScanProgressBar:

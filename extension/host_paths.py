@@ -5,7 +5,7 @@ import importlib
 import os
 from typing import Any
 
-from ..shared.model_folders import roots_for
+from ..shared.scan.model_folders import roots_for
 from ..shared.records import Root
 
 # (module, attribute, role): folders the host loads models from; missing modules/attributes are skipped

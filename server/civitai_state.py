@@ -14,8 +14,8 @@ import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
 from modelsync.shared.inventory_apply import load_rejections
-from modelsync.shared.metadata_merge import given_by_civitai, merge, metadata_source
-from modelsync.shared.metadata_sources import from_civitai_version
+from modelsync.shared.scan.metadata_merge import given_by_civitai, merge, metadata_source
+from modelsync.shared.scan.metadata_sources import from_civitai_version
 from modelsync.shared.records import METADATA_FIELDS, UNKNOWN_MARK, MetadataContribution
 
 from .errors import ApiError

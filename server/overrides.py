@@ -11,7 +11,7 @@ from typing import Any
 import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
-from modelsync.shared.metadata_merge import merge
+from modelsync.shared.scan.metadata_merge import merge
 from modelsync.shared.records import BASES, MANUAL_SOURCE, METADATA_FIELDS, MODEL_TYPES
 
 from .civitai_state import write_fields

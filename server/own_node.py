@@ -14,10 +14,10 @@ from typing import Any
 import sqlite_utils
 
 from modelsync.shared.catalog import placeholders, write_transaction
-from modelsync.shared.hashing import hash_file
+from modelsync.shared.scan.hashing import hash_file
 from modelsync.shared.inventory import build_inventory
 from modelsync.shared.inventory_apply import apply_inventory
-from modelsync.shared.model_folders import roots_for
+from modelsync.shared.scan.model_folders import roots_for
 from modelsync.shared.records import Root
 
 from .config import ServerConfig
@@ -49,7 +49,7 @@ class OwnNode:
         return self._busy
 
     def scan(self, db: sqlite_utils.Database, calculate_hashes: bool) -> dict[str, Any]:
-        from modelsync.shared.scanner import scan  # the scan pipeline is loaded on first use, not at start-up
+        from modelsync.shared.scan.scanner import scan  # the scan pipeline is loaded on first use, not at start-up
 
         roots = self.roots()
         lock = self._exclusive()

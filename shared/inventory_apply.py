@@ -20,10 +20,9 @@ import sqlite_utils
 
 from .catalog import chunks, placeholders, utc_now, write_transaction
 from .inventory import Inventory, InventoryFile
-from .metadata_merge import contributions_from_flat, given_by_civitai, merge
 from .names import aliases, kind_of, local_name
 from .records import METADATA_FIELDS
-
+from .scan.metadata_merge import contributions_from_flat, given_by_civitai, merge
 
 _AVAILABILITY_ATTRS = (
     "model_id",

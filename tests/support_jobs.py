@@ -21,10 +21,10 @@ import model_factory
 from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.inventory import Inventory
 from modelsync.shared.inventory_apply import apply_inventory
-from modelsync.shared.model_folders import roots_for
+from modelsync.shared.scan.model_folders import roots_for
 from modelsync.shared.push_client import NodeCredentials, ServerClient
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 
 FOLDERS = ("Stable-diffusion", "Lora", "VAE", "embeddings", "ControlNet")
 CIVITAI_FIXTURES = Path(__file__).parent / "fixtures" / "civitai"

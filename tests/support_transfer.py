@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.peer_source import PeerSource
 from modelsync.shared.transfer.protocol import FILES_PATH, GRANT_HEADER, NODE_HEADER

@@ -5,7 +5,7 @@ from email.utils import format_datetime
 import pytest
 
 from modelsync.shared.civitai.client import CivitaiClient, ImageRejected, parse_retry_after
-from modelsync.shared.metadata_sources import from_civitai_version
+from modelsync.shared.scan.metadata_sources import from_civitai_version
 from support_civitai import civitai_stub  # noqa: F401
 
 FIXTURE = "civitai_model_version_1387174_lora_flux_lora-manager.json"

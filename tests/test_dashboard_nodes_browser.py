@@ -11,7 +11,7 @@ import sqlite3
 
 import model_factory
 import pytest
-from modelsync.shared.model_folders import roots_for
+from modelsync.shared.scan.model_folders import roots_for
 from modelsync.shared.node.client import NodeClient
 from modelsync.shared.node.state import (
     Checkpoint,

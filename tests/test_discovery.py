@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from modelsync.shared.discovery import discover
-from modelsync.shared.model_folders import roots_for
+from modelsync.shared.scan.discovery import discover
+from modelsync.shared.scan.model_folders import roots_for
 from modelsync.shared.records import Root
 
 

@@ -28,7 +28,7 @@ from modelsync.extension.tab import (
     progress_text,
 )
 from modelsync.extension.thumbnails import THUMBNAIL_PIXELS
-from modelsync.shared.scanner import ScanProgress
+from modelsync.shared.scan.scanner import ScanProgress
 from PIL import Image
 from support_forge_host import OptionInfoBefore17, forge_host, run_script
 from support_server import central_server  # noqa: F401  (fixture)
@@ -279,7 +279,7 @@ def test_our_modules_win_over_other_extensions_top_level_packages(tmp_path):
         from pathlib import Path
         with forge_host(Path({str(tmp_path)!r})) as host:
             run_script(Path({str(REPO / "scripts" / "modelsync_tab.py")!r}))
-            import modelsync.extension.node_service as ns, modelsync.shared.scanner as sc
+            import modelsync.extension.node_service as ns, modelsync.shared.scan.scanner as sc
             assert ns.__file__.startswith({str(REPO)!r}), ns.__file__
             assert sc.__file__.startswith({str(REPO)!r}), sc.__file__
             assert len(host.app_started) == 1 and len(host.ui_tabs) == 1

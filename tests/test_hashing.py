@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import model_factory
-from modelsync.shared.hashing import HashError, hash_file, hash_files
+from modelsync.shared.scan.hashing import HashError, hash_file, hash_files
 
 
 def independent(path: Path) -> dict:

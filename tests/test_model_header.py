@@ -4,8 +4,8 @@ import struct
 import pytest
 
 import model_factory
-from modelsync.shared.classification import classify
-from modelsync.shared.model_header import HeaderError, read_header
+from modelsync.shared.scan.classification import classify
+from modelsync.shared.scan.model_header import HeaderError, read_header
 
 
 def raw(tmp_path, name, data: bytes):

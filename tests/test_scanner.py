@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 import model_factory
-from modelsync.shared import scanner as scanner_module
+from modelsync.shared.scan import scanner as scanner_module
 from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 
 
 @pytest.fixture
@@ -252,7 +252,7 @@ PERMISSION_SCRIPT = """
 import json, os, sys
 from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 db = open_catalog(sys.argv[1]); migrate(db)
 os.setgid(65534); os.setuid(65534)  # after the imports: the interpreter's own files are root's
 report = scan([Root(sys.argv[2], "lora")], db, "node1", calculate_hashes=True)
@@ -322,7 +322,7 @@ def test_existing_values_are_never_overwritten_by_a_later_sidecar(tmp_path, db):
 def test_a_status_line_every_ten_models_and_debug_decisions(tmp_path, db, caplog):
     for i in range(12):
         model_factory.write_lora(tmp_path / "l" / f"x{i}.safetensors", base="sd1")
-    with caplog.at_level("DEBUG", logger="modelsync.shared.scanner"):
+    with caplog.at_level("DEBUG", logger="modelsync.shared.scan.scanner"):
         scan([Root(str(tmp_path / "l"), "lora")], db, "node1", calculate_hashes=True)
     messages = [r.getMessage() for r in caplog.records]
     assert "hashing: 10/12 models" in messages and "reading: 10/12 models" in messages

@@ -12,7 +12,7 @@ from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.inventory import Inventory, InventoryFile
 from modelsync.shared.push_client import NodeCredentials, PushError, ServerClient, preview_path
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 
 
 def sha256_of(path) -> str:

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from modelsync.shared.metadata_merge import contributions_from_flat, merge
-from modelsync.shared.metadata_sources import civitai_base, from_a1111, from_civitai_model, from_civitai_version, from_embedded
+from modelsync.shared.scan.metadata_merge import contributions_from_flat, merge
+from modelsync.shared.scan.metadata_sources import civitai_base, from_a1111, from_civitai_model, from_civitai_version, from_embedded
 from modelsync.shared.records import BASES, MetadataContribution
-from modelsync.shared.sidecars import SidecarError, SidecarIndex, read_sidecar
+from modelsync.shared.scan.sidecars import SidecarError, SidecarIndex, read_sidecar
 
 FIXTURES = Path(__file__).parent / "fixtures" / "civitai"
 VERSION = json.loads((FIXTURES / "civitai_model_version_1387174_lora_flux_lora-manager.json").read_text())

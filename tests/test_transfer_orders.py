@@ -25,7 +25,7 @@ from modelsync.server.registry import Registry, iso, utc_now
 from modelsync.server.sync import record_heartbeat
 from modelsync.server.transfers import (cancel, clear_exclusions_after_sync, get_transfer, list_transfers,
                                         order_transfer, orders_for, report_progress, retry, set_files_url)
-from modelsync.shared.hashing import hash_file
+from modelsync.shared.scan.hashing import hash_file
 from modelsync.shared.inventory import Inventory, InventoryFile
 from modelsync.shared.inventory_apply import apply_inventory
 from modelsync.shared.transfer.grants import GrantRefused, verify_grant

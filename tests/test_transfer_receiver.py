@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelsync.shared.hashing import hash_file
+from modelsync.shared.scan.hashing import hash_file
 from modelsync.shared.transfer.destination import safe_relative_name
 from modelsync.shared.transfer.failures import TransferFailed
 from modelsync.shared.transfer.partfiles import part_name, remove_orphaned_parts

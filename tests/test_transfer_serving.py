@@ -7,7 +7,7 @@ import pytest
 import requests
 
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.protocol import GRANT_HEADER, NODE_HEADER, etag, file_url
 from modelsync.shared.transfer.ranges import ByteRange, RangeNotSatisfiable, read_range, requested_range

@@ -13,10 +13,10 @@ import pytest
 import model_factory
 from support_server import central_server  # noqa: F401  (fixture)
 
-from modelsync.shared import discovery as discovery_module
+from modelsync.shared.scan import discovery as discovery_module
 from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.records import Root
-from modelsync.shared.scanner import scan
+from modelsync.shared.scan.scanner import scan
 
 MODELSYNC = shutil.which("modelsync") or ""
 

@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 import sqlite_utils
 from modelsync.shared.catalog import write_transaction
 from modelsync.shared.civitai.download import expected_file
-from modelsync.shared.metadata_sources import CIVITAI_TYPES
 from modelsync.shared.records import LORA_TYPES, ROLES
+from modelsync.shared.scan.metadata_sources import CIVITAI_TYPES
 from modelsync.shared.transfer.destination import safe_relative_name
 from modelsync.shared.transfer.failures import TransferFailed
 

@@ -10,8 +10,8 @@ import os
 from typing import Any
 
 from ..atomic_write import write_atomic
-from ..discovery import PREVIEW_SUFFIX
 from ..images import ImageError, shrink_to_jpeg
+from ..scan.discovery import PREVIEW_SUFFIX
 from ..transfer.urls import shown
 from .client import CivitaiClient, ImageRejected
 

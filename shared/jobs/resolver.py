@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 import sqlite_utils
 
 from ..catalog import TIME_FORMAT, chunks, placeholders, utc_now, write_transaction
+from ..names import aliases, kind_of, normalise_name, stem, strip_extension
 from .requirements import (
     KINDS,
     EmbeddingNames,
@@ -38,7 +39,6 @@ from .requirements import (
     Requirement,
     rewrite,
 )
-from ..names import aliases, kind_of, normalise_name, stem, strip_extension
 
 ACTIONS = ("retry_later", "route_elsewhere", "fail")
 NAME_CONFLICT_MODES = ("per-node", "strict")

@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 from ..records import DEFAULT_MAX_HASH_SIZE
 from ..transfer.receiver import DEFAULT_FLOOR_BYTES
 
-
 CIVITAI_HOSTS = ("civitai.com", "civitai.red")  # where the node's own key may go (and their sub-domains)
 CIVITAI_IMAGE_HOSTS = ("image.civitai.com", "imagecache.civitai.com")
 

@@ -27,7 +27,7 @@ from ..catalog import migrate, open_catalog
 from ..inventory import Inventory
 from ..push_client import NodeCredentials, PushError, send_previews
 from ..records import Root
-from ..scanner import ScanProgress, ScanReport, scan
+from ..scan.scanner import ScanProgress, ScanReport, scan
 from ..transfer.receiver import Received
 from .client import NodeClient
 from .config import NodeConfig

@@ -37,7 +37,14 @@ from ..transfer.receiver import Progress, Received, ReceiveOptions, receive
 from ..transfer.source import Source
 from ..transfer.url_source import ResumableGet, UrlSource
 from ..transfer.urls import shown
-from .client import MAX_WAIT_SECONDS, AnySource, CivitaiOrderSource, NodeClient, OrderSource, TransferOrder
+from .client import (
+    MAX_WAIT_SECONDS,
+    AnySource,
+    CivitaiOrderSource,
+    NodeClient,
+    OrderSource,
+    TransferOrder,
+)
 from .config import NodeConfig
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ..discovery import PREVIEW_SUFFIX, SIDECAR_SUFFIXES
 from ..records import MODEL_EXTENSIONS
+from ..scan.discovery import PREVIEW_SUFFIX, SIDECAR_SUFFIXES
 
 log = logging.getLogger(__name__)
 

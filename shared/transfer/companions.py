@@ -9,7 +9,13 @@ import os
 import requests
 
 from ..atomic_write import write_atomic
-from .protocol import COMPANIONS, GRANT_HEADER, MAX_COMPANION_BYTES, NODE_HEADER, companion_url
+from .protocol import (
+    COMPANIONS,
+    GRANT_HEADER,
+    MAX_COMPANION_BYTES,
+    NODE_HEADER,
+    companion_url,
+)
 
 log = logging.getLogger(__name__)
 

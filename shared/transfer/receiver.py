@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from ..hashing import hash_file
 from ..records import SAFETENSORS_EXTENSIONS, FileHashes
+from ..scan.hashing import hash_file
 from .destination import place, safe_relative_name
 from .failures import TERMINAL_DOWNLOAD_REASONS, TransferFailed
 from .partfiles import part_name

@@ -1,4 +1,4 @@
-"""The scanner's hashes (shared/hashing.py) of bytes that arrive in order, so a receiver hashes while it writes.
+"""The scanner's hashes (shared/scan/hashing.py) of bytes that arrive in order, so a receiver hashes while it writes.
 
 Same definitions as `hashing.hash_file`, built on its pieces: SHA256; AutoV1 (the 0x10000 bytes at 0x100000, first
 8 hex, None under 2 MiB); for safetensors AutoV3 (everything after the 8-byte header length and the header, on
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hashlib
 
-from ..hashing import AUTOV1_LENGTH, AUTOV1_MIN_SIZE, AUTOV1_OFFSET, _AddnetFeeder
 from ..records import FileHashes
+from ..scan.hashing import AUTOV1_LENGTH, AUTOV1_MIN_SIZE, AUTOV1_OFFSET, _AddnetFeeder
 
 
 class StreamHasher:

@@ -15,14 +15,9 @@ from typing import Any, Callable
 
 import sqlite_utils
 
-from .discovery import discover
-from .hashing import hash_files
-from .inventory import Inventory, InventoryFile
-from .inventory_apply import apply_inventory
-from .metadata_merge import merge
-from .metadata_sources import from_a1111, from_civitai_model, from_civitai_version, from_embedded
-from .model_header import HeaderError, read_header
-from .records import (
+from ..inventory import Inventory, InventoryFile
+from ..inventory_apply import apply_inventory
+from ..records import (
     DEFAULT_MAX_HASH_SIZE,
     DiscoveredModel,
     Discovery,
@@ -32,6 +27,16 @@ from .records import (
     ScanProblem,
     ScanStats,
 )
+from .discovery import discover
+from .hashing import hash_files
+from .metadata_merge import merge
+from .metadata_sources import (
+    from_a1111,
+    from_civitai_model,
+    from_civitai_version,
+    from_embedded,
+)
+from .model_header import HeaderError, read_header
 from .sidecars import Sidecar, SidecarError, SidecarIndex, read_sidecar
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from .records import SAFETENSORS_EXTENSIONS, FileHashes
+from ..records import SAFETENSORS_EXTENSIONS, FileHashes
 
 CHUNK_SIZE = 4 * 1024 * 1024
 AUTOV1_OFFSET = 0x100000

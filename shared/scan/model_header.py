@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import zipfile
 
+from ..records import PICKLE_EXTENSIONS, SAFETENSORS_EXTENSIONS, HeaderInfo
 from .classification import classify
 from .gguf_header import read_gguf_header
-from .records import PICKLE_EXTENSIONS, SAFETENSORS_EXTENSIONS, HeaderInfo
 from .safetensors_header import HeaderError, read_safetensors_header
 
 __all__ = ["HeaderError", "read_header"]

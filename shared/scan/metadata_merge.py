@@ -4,7 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .records import CIVITAI_SOURCES, MANUAL_SOURCE, METADATA_FIELDS, SOURCE_PRIORITY, UNKNOWN_MARK, MetadataContribution
+from ..records import (
+    CIVITAI_SOURCES,
+    MANUAL_SOURCE,
+    METADATA_FIELDS,
+    SOURCE_PRIORITY,
+    UNKNOWN_MARK,
+    MetadataContribution,
+)
 
 _RANK = {MANUAL_SOURCE: -1, **{source: i for i, source in enumerate(SOURCE_PRIORITY)}}
 

@@ -11,7 +11,7 @@ import os
 import stat as stat_module
 from pathlib import Path
 
-from .records import MODEL_EXTENSIONS, DiscoveredModel, Discovery, Root, ScanProblem
+from ..records import MODEL_EXTENSIONS, DiscoveredModel, Discovery, Root, ScanProblem
 
 log = logging.getLogger(__name__)
 

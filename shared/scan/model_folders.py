@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .records import Root
+from ..records import Root
 
 # sub-folder of models/ -> role (what the host loads files from there as)
 STANDARD_SUBFOLDERS: dict[str, str] = {
