@@ -41,7 +41,8 @@ IDLE_LABEL = "Scan for New Models"
 # wraps anywhere it must. (A <style> in an HTML component: both gradio versions apply it to the page; a sub-Blocks'
 # css= is ignored.)
 TABLE_CSS = """
-#modelsync_table td, #modelsync_table th, #modelsync_transfers td, #modelsync_transfers th { font-family: var(--font) !important; }
+#modelsync_table td, #modelsync_table th, #modelsync_transfers td, #modelsync_transfers th,
+#modelsync_recommendations td, #modelsync_recommendations th { font-family: var(--font) !important; }
 #modelsync_transfers td:nth-child(n+2):nth-child(-n+6) { white-space: nowrap !important; }
 #modelsync_table td { word-break: normal !important; overflow-wrap: normal !important; hyphens: none !important; }
 #modelsync_table td:nth-child(5) { font-family: var(--font-mono) !important; font-size: 0.9em; }

@@ -3,15 +3,13 @@ on every route, checked before a body is read."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
+from modelsync.shared.catalog import read_snapshot
+from modelsync.shared.webhooks.signing import new_secret
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
-
-from modelsync.shared.catalog import read_snapshot
-from modelsync.shared.webhooks.signing import new_secret
 
 from .auth import require_admin
 from .body import expect_object, read_json
@@ -19,10 +17,10 @@ from .context import ServerContext, context
 from .errors import ApiError
 from .queries import MAX_PAGE_SIZE, int_param
 from .registry import RowIdConvertor  # noqa: F401  (registers {id:rowid}, used by ROUTES)
+from .url_param import http_url
 from .webhooks import store
 from .webhooks.events import ALL_EVENTS, EVENT_TYPES
 
-MAX_URL_CHARS = 2048
 MAX_DESCRIPTION_CHARS = 500
 DELIVERY_STATES = ("pending", "delivered", "failed")
 
@@ -34,19 +32,7 @@ def _admin(request: Request) -> ServerContext:
 
 
 def _url(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_URL_CHARS:
-        raise ApiError(400, f"url must be an http or https URL of at most {MAX_URL_CHARS} characters", "url")
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018  (a malformed port raises here)
-    except ValueError:
-        raise ApiError(400, "url is not a valid URL", "url") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ApiError(400, "url must be an http or https URL with a host", "url")
-    if parts.username is not None or parts.password is not None:
-        raise ApiError(400, "url must not carry credentials (user:password@): they would be shown with it", "url")
-    if any(ch.isspace() or ord(ch) < 32 for ch in value):
-        raise ApiError(400, "url must not contain spaces or control characters", "url")
+    http_url(value, "url", query_allowed=True)
     return value
 
 

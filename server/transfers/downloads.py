@@ -27,12 +27,12 @@ from modelsync.shared.transfer.failures import TransferFailed
 
 from ..errors import ApiError
 from ..registry import MAX_ROW_ID, parse_iso
+from ..url_param import http_url
 from . import store
 from .params import node_id
 from .records import REQUESTERS, CivitaiOrderSource, Transfer, UrlOrderSource
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-MAX_URL_CHARS = 2048
 MAX_NAME_CHARS = 255
 RETRY_FIRST_SECONDS = 30.0  # a download that failed (and may go on) waits this before it is handed out again,
 RETRY_LONGEST_SECONDS = 900.0  # doubling with each attempt, at most this
@@ -180,16 +180,7 @@ def order_civitai_transfer(db: sqlite_utils.Database, *, server_id: str, version
 
 def checked_url(url: Any) -> str:
     """An operator's URL: http(s), a host, no credentials (the query may hold a token: it is kept, never shown)."""
-    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
-        raise ApiError(400, f"url must be a URL of at most {MAX_URL_CHARS} characters", "url")
-    try:
-        parts = urlsplit(url)
-        port_given = parts.port is not None  # a port out of range raises
-    except ValueError:
-        raise ApiError(400, "url is not a URL", "url") from None
-    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None
-            or (port_given and parts.port == 0)):
-        raise ApiError(400, "url must be an http(s) URL with a host and no credentials", "url")
+    http_url(url, "url", query_allowed=True)
     try:
         safe_relative_name(url_file_name(url))
     except TransferFailed:

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Collection
-from urllib.parse import urlsplit
 
 import sqlite_utils
-
 from modelsync.shared.names import kind_of
 from modelsync.shared.records import ROLES
 
-from ..errors import ApiError
+from ..url_param import http_url
 from .records import Transfer
 
 MAX_SOURCES = 3  # per order: the node falls back down the list without asking again
 # a source that failed this way may work once its node is heard from again (restarted, re-scanned)
 PASSING_SOURCE_FAILURES = frozenset({"source_gone", "changed"})
-MAX_URL_CHARS = 2048
 
 
 @dataclass(frozen=True)
@@ -95,16 +92,7 @@ def set_files_url(db: sqlite_utils.Database, server_id: str, url: Any) -> bool:
     """Record the base URL peers fetch node `server_id`'s files from (what the node reports); True when it changed
     (then it may have become a source: wake the waiting nodes). A URL with credentials, a query or a fragment is
     refused: it is handed to other nodes."""
-    if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
-        raise ApiError(400, f"files_url must be a URL of at most {MAX_URL_CHARS} characters", "files_url")
-    try:
-        parts = urlsplit(url)
-        port_given = parts.port is not None  # a port out of range raises
-    except ValueError:
-        raise ApiError(400, "files_url is not a URL", "files_url") from None
-    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None or parts.query
-            or parts.fragment or (port_given and parts.port == 0)):
-        raise ApiError(400, "files_url must be an http(s) URL with a host and no credentials, query or fragment", "files_url")
+    http_url(url, "files_url", query_allowed=False)
     cursor = db.conn.execute("UPDATE servers SET files_url = ? WHERE id = ? AND (files_url IS NULL OR files_url <> ?)",
                             [url, server_id, url])
     return cursor.rowcount == 1

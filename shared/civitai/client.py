@@ -106,25 +106,18 @@ class CivitaiClient:
             return None, "error", None, "answer is not JSON"
 
     def by_hash(self, sha256: str) -> LookupResult:
-        data, status, retry_after, error = self._call("GET", f"{self.base_url}/api/v1/model-versions/by-hash/{sha256.upper()}")
-        if status != "ok":
-            return LookupResult(status, retry_after=retry_after, error=error)
-        if not isinstance(data, dict):
-            return LookupResult("error", error="answer is not a JSON object")
-        return LookupResult("found", data=data)
+        return self._lookup(f"/api/v1/model-versions/by-hash/{sha256.upper()}")
 
     def model(self, model_id: int) -> LookupResult:
         """GET /api/v1/models/{id}: the model with every published version (`modelVersions[]`)."""
-        data, status, retry_after, error = self._call("GET", f"{self.base_url}/api/v1/models/{int(model_id)}")
-        if status != "ok":
-            return LookupResult(status, retry_after=retry_after, error=error)
-        if not isinstance(data, dict):
-            return LookupResult("error", error="answer is not a JSON object")
-        return LookupResult("found", data=data)
+        return self._lookup(f"/api/v1/models/{int(model_id)}")
 
     def model_version(self, version_id: int) -> LookupResult:
         """GET /api/v1/model-versions/{id}: the version with its files and their hashes."""
-        data, status, retry_after, error = self._call("GET", f"{self.base_url}/api/v1/model-versions/{int(version_id)}")
+        return self._lookup(f"/api/v1/model-versions/{int(version_id)}")
+
+    def _lookup(self, path: str) -> LookupResult:
+        data, status, retry_after, error = self._call("GET", f"{self.base_url}{path}")
         if status != "ok":
             return LookupResult(status, retry_after=retry_after, error=error)
         if not isinstance(data, dict):

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import requests
 
 from .failures import TransferFailed
 from .protocol import GRANT_HEADER, NODE_HEADER, etag, file_url
 from .ranges import content_range
-from .source import Opened
+from .source import Opened, response_chunks
 
 CHUNK_SIZE = 256 * 1024  # a cancel is seen between chunks
 REFUSAL_BODY_LIMIT = 4096
@@ -32,14 +31,14 @@ class PeerSource:
             response.close()  # not the range asked for: restart from the beginning
             response, offset = self._get(0), 0
         if response.status_code == 206 and offset:
-            return Opened(offset, self._chunks(response), response.close)
+            return Opened(offset, response_chunks(response, CHUNK_SIZE), response.close)
         if response.status_code != 200:
             self._refuse(response)
         declared = response.headers.get("Content-Length")
         if declared is not None and declared.isdigit() and int(declared) != self.size:
             response.close()
             raise TransferFailed("changed", f"the source offers {declared} bytes, the order expects {self.size}")
-        return Opened(0, self._chunks(response), response.close)
+        return Opened(0, response_chunks(response, CHUNK_SIZE), response.close)
 
     def _continues(self, response: requests.Response, offset: int) -> bool:
         said = content_range(response.headers.get("Content-Range"))
@@ -55,14 +54,6 @@ class PeerSource:
         except requests.RequestException as exc:
             raise TransferFailed("source_gone", f"the source node cannot be reached: {type(exc).__name__}",
                                  retryable=True) from None
-
-    def _chunks(self, response: requests.Response) -> Iterator[bytes]:
-        try:
-            yield from response.iter_content(CHUNK_SIZE)
-        except requests.RequestException as exc:
-            raise TransferFailed("source_gone", f"the stream dropped: {type(exc).__name__}", retryable=True) from None
-        finally:
-            response.close()
 
     def _refuse(self, response: requests.Response) -> None:
         status = response.status_code

@@ -10,6 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
+import requests
+
+from .failures import TransferFailed
+
 
 @dataclass
 class Opened:
@@ -28,3 +32,14 @@ class Source(Protocol):
     def open(self, offset: int) -> Opened:
         """The stream from `offset` (0: the whole file); raises TransferFailed when it cannot be opened."""
         ...
+
+
+def response_chunks(response: requests.Response, chunk_size: int) -> Iterator[bytes]:
+    """A streamed HTTP answer's body (a cancel is seen between chunks); a drop is a retryable `source_gone`. The
+    answer is closed at the end, however it ends."""
+    try:
+        yield from response.iter_content(chunk_size)
+    except requests.RequestException as exc:
+        raise TransferFailed("source_gone", f"the stream dropped: {type(exc).__name__}", retryable=True) from None
+    finally:
+        response.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, NoReturn
 from urllib.parse import urljoin
@@ -19,7 +19,7 @@ from ..civitai.client import parse_retry_after
 from .backoff import RETRY_STATUSES, Backoff, wait
 from .failures import TransferFailed
 from .ranges import content_range
-from .source import Opened
+from .source import Opened, response_chunks
 from .urls import checked_url, shown
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class ResumableGet:
             said = content_range(response.headers.get("Content-Range"))
             if said is not None and said.start == offset:
                 self.validator = self.validator or _validator(response)
-                return Opened(offset, self._chunks(response), response.close, declared_total(response))
+                return Opened(offset, response_chunks(response, CHUNK_SIZE), response.close, declared_total(response))
             response.close()  # not the range asked for: start over
             response, offset = self.get(self.final_url or "", 0), 0
         if response.status_code != 200:
@@ -134,16 +134,7 @@ class ResumableGet:
         if offset:
             log.info("%s does not resume; the file starts over", shown(self.final_url or ""))
         self.validator = _validator(response)
-        return Opened(0, self._chunks(response), response.close, declared_total(response))
-
-    @staticmethod
-    def _chunks(response: requests.Response) -> Iterator[bytes]:
-        try:
-            yield from response.iter_content(CHUNK_SIZE)
-        except requests.RequestException as exc:
-            raise TransferFailed("source_gone", f"the stream dropped: {type(exc).__name__}", retryable=True) from None
-        finally:
-            response.close()
+        return Opened(0, response_chunks(response, CHUNK_SIZE), response.close, declared_total(response))
 
 
 def _validator(response: requests.Response) -> str | None:
