@@ -166,12 +166,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     node_options(p)
 
-    p = command("fleet", "remote:cmd_fleet", "what the central server knows: its nodes, models, most-wanted models")
-    p.add_argument("what", choices=("nodes", "models", "wanted"))
-    server_options(p, "the queue or admin token when the server asks for one (default: $MODELSYNC_QUEUE_TOKEN)")
-    p.add_argument("--type", default=None, help="models: only this type")
-    p.add_argument("--text", default=None, help="models: a part of the name")
+    reader_token = "the queue or admin token when the server asks for one (default: $MODELSYNC_QUEUE_TOKEN)"
+    fleet = sub.add_parser("fleet", parents=[common], help="what the central server knows: nodes, models, transfers, "
+                           "updates, demand, risks, recommendations")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+
+    def fleet_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = fleet_sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func="remote:cmd_fleet", what=name)
+        server_options(p, reader_token)
+        return p
+
+    fleet_command("nodes", "every node: online, counts, loaded checkpoint, busy/idle, free disk")
+    p = fleet_command("models", "the registry's models")
+    p.add_argument("--type", default=None, help="only this type")
+    p.add_argument("--text", default=None, help="a part of the name")
     p.add_argument("--limit", type=_positive, default=100)
+    p = fleet_command("wanted", "models jobs asked for that no node had, most requested first")
+    p.add_argument("--limit", type=_positive, default=100)
+    p = fleet_command("transfers", "transfers, newest first")
+    p.add_argument("--state", default=None, help="queued, running, waiting_source, verifying, done, failed, cancelled")
+    p.add_argument("--node", default=None, metavar="NODE_ID", help="only transfers to this node")
+    p.add_argument("--limit", type=_positive, default=100)
+    p = fleet_command("updates", "models with a newer Civitai version")
+    p.add_argument("--limit", type=_positive, default=100)
+    p = fleet_command("demand", "how often job checks named each model: requests, unmet, holders, trend, forecast")
+    p.add_argument("--window", choices=("24h", "7d", "30d"), default="24h")
+    p.add_argument("--kind", default=None, help="checkpoint, lora, vae, embedding, ...")
+    p.add_argument("--limit", type=_positive, default=100)
+    fleet_command("risks", "models on a single node, unmet demand, cold models, each node's free disk")
+    p = fleet_command("recommendations", "models to place on a node and models it could drop")
+    p.add_argument("node_id", metavar="NODE_ID")
+
+    def admin_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--server", default=None, metavar="URL", help="the central server (default: $MODELSYNC_SERVER)")
+        p.add_argument("--admin-token", default=None, help="the admin token (default: $MODELSYNC_ADMIN_TOKEN)")
+        p.add_argument("--json", action="store_true", help="the server's answer as JSON")
+
+    transfer = sub.add_parser("transfer", parents=[common], help="order, cancel or retry a copy of a model to a node "
+                              "(admin token)")
+    transfer_sub = transfer.add_subparsers(dest="transfer_command", required=True, metavar="COMMAND")
+    p = transfer_sub.add_parser("order", parents=[common], help="order a model onto a node: from a peer, Civitai or a URL",
+                                description="Order a model onto a node. A URL's query (it may hold a token) is sent to "
+                                            "the server and never printed.")
+    p.set_defaults(func="orders:cmd_transfer_order")
+    p.add_argument("node_id", metavar="NODE_ID", help="the destination node")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", metavar="SHA256", help="a model the registry knows (its SHA256, or its id)")
+    what.add_argument("--civitai-version-id", type=_positive, metavar="ID", help="a Civitai model version")
+    what.add_argument("--url", metavar="URL", help="an http(s) URL (with --sha256)")
+    p.add_argument("--file-id", type=_positive, metavar="ID", help="with --civitai-version-id: the file (default: "
+                                                                  "the version's primary file)")
+    p.add_argument("--sha256", metavar="HEX", help="with --url: the file's expected SHA256 (required)")
+    p.add_argument("--role", choices=ROLES, default=None, help="with --url: the folder it goes to (required when the "
+                                                               "registry does not know the model's type)")
+    p.add_argument("--source", choices=("auto", "peer", "civitai", "url"), default=None, help="default: auto")
+    p.add_argument("--from", dest="from_node", metavar="NODE_ID", default=None, help="the only peer to copy from")
+    admin_options(p)
+    for name, help_text in (("cancel", "cancel a transfer (the node keeps its temp file: a retry resumes)"),
+                            ("retry", "queue a failed or cancelled transfer again")):
+        p = transfer_sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=f"orders:cmd_transfer_{name}")
+        p.add_argument("transfer_id", type=_positive, metavar="ID")
+        admin_options(p)
+
+    webhook = sub.add_parser("webhook", parents=[common], help="signed webhooks for fleet events (admin token)")
+    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True, metavar="COMMAND")
+
+    def webhook_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = webhook_sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=f"orders:cmd_webhook_{name}")
+        admin_options(p)
+        return p
+
+    p = webhook_command("add", "add an endpoint; its signing secret is printed this once")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--events", default="*", help="comma-separated event types, or * for every one (default: *)")
+    p.add_argument("--description", default=None, metavar="TEXT")
+    webhook_command("list", "every endpoint, with its backlog (never its secret)")
+    p = webhook_command("deliveries", "an endpoint's delivery log, newest first")
+    p.add_argument("webhook_id", type=_positive, metavar="ID")
+    p.add_argument("--state", choices=("pending", "delivered", "failed"), default=None)
+    p.add_argument("--limit", type=_positive, default=50)
+    p = webhook_command("retry", "send a delivery again")
+    p.add_argument("webhook_id", type=_positive, metavar="ID")
+    p.add_argument("delivery_id", type=_positive, metavar="DELIVERY_ID")
+    p = webhook_command("test", "send a webhook.test event now (exit 1 when the receiver did not take it)")
+    p.add_argument("webhook_id", type=_positive, metavar="ID")
+    p = webhook_command("remove", "delete an endpoint, its undelivered events and its log")
+    p.add_argument("webhook_id", type=_positive, metavar="ID")
 
     job = sub.add_parser("job", help="the job checks a queue makes", parents=[common])
     job_sub = job.add_subparsers(dest="job_command", required=True, metavar="COMMAND")
@@ -182,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB_FILE|-", help="an A1111/Forge API body (JSON), an infotext, a StableQueue job")
     p.add_argument("--node", default=None, help="the node the queue would send it to")
     p.add_argument("--record", action="store_true", help="count it for the most-wanted list (a look only by default)")
-    server_options(p, "the queue or admin token when the server asks for one (default: $MODELSYNC_QUEUE_TOKEN)")
+    server_options(p, reader_token)
 
     token = sub.add_parser("token", help="node tokens", parents=[common])
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
@@ -215,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(args.verbose)
     module, function = args.func.split(":")
-    command = " ".join(filter(None, (args.command, getattr(args, "job_command", None), getattr(args, "token_command", None))))
+    command = " ".join(filter(None, (args.command, getattr(args, f"{args.command}_command", None))))
     try:
         return getattr(importlib.import_module(f"modelsync.cli.{module}"), function)(args)
     except CliError as exc:

@@ -1,4 +1,5 @@
-"""The commands that ask the central server: fleet nodes|models|wanted, job check, token issue."""
+"""The commands that ask the central server: fleet (what it knows), job check, token issue; the client, token and
+error handling that cli/orders.py shares."""
 from __future__ import annotations
 
 import argparse
@@ -6,10 +7,11 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import quote
 
 from .data_dirs import server_data_path
 from .errors import CliError
-from .output import print_json, print_table
+from .output import print_json
 
 
 def _client(url: str | None, token: str | None):
@@ -24,15 +26,18 @@ def _client(url: str | None, token: str | None):
         raise CliError(str(exc), 2) from None
 
 
-def _ask(call, *args: Any) -> dict[str, Any]:
+READER_TOKEN = "the queue token (or the admin token): --token, or MODELSYNC_QUEUE_TOKEN"
+ADMIN_TOKEN = "the admin token: --admin-token, or MODELSYNC_ADMIN_TOKEN"
+
+
+def _ask(call, *args: Any, token: str = READER_TOKEN) -> dict[str, Any]:
+    """The server's answer; a refusal or an unreachable server as one CliError line (401/403 name the token to use)."""
     from modelsync.shared.push_client import PushError
 
     try:
         return call(*args)
     except PushError as exc:
-        hint = ""
-        if exc.status == 401:
-            hint = " (give the queue or admin token with --token, or MODELSYNC_QUEUE_TOKEN)"
+        hint = f" (give {token})" if exc.status in (401, 403) else ""
         raise CliError(str(exc) + hint) from None
 
 
@@ -40,28 +45,46 @@ def _reader_token(args: argparse.Namespace) -> str | None:
     return args.token or os.environ.get("MODELSYNC_QUEUE_TOKEN") or os.environ.get("MODELSYNC_ADMIN_TOKEN") or None
 
 
+def admin_client(args: argparse.Namespace, doing: str):
+    """A client with the admin token; a usage error (exit 2) before anything is sent when there is none."""
+    admin = args.admin_token or os.environ.get("MODELSYNC_ADMIN_TOKEN")
+    if not admin:
+        raise CliError(f"{doing} needs {ADMIN_TOKEN}", 2)
+    return _client(args.server, admin)
+
+
+def ask_admin(call, *args: Any) -> dict[str, Any]:
+    return _ask(call, *args, token=ADMIN_TOKEN)
+
+
+def _fleet_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The path and query of a `fleet` verb (options a verb does not have are None)."""
+    option = lambda name: getattr(args, name, None)  # noqa: E731
+    paths = {
+        "nodes": ("api/v1/servers", {}),
+        "models": ("api/v1/models", {"q": option("text"), "type": option("type")}),
+        "wanted": ("api/v1/models/wanted", {}),
+        "transfers": ("api/v1/transfers", {"state": option("state"), "server_id": option("node")}),
+        "updates": ("api/v1/models", {"update": "available"}),
+        "demand": ("api/v1/analytics/demand", {"window": option("window"), "kind": option("kind")}),
+        "risks": ("api/v1/analytics/fleet", {}),
+        "recommendations": (f"api/v1/servers/{quote(option('node_id') or '', safe='')}/recommendations", {}),
+    }
+    path, params = paths[args.what]
+    params["limit"] = option("limit")
+    return path, {k: v for k, v in params.items() if v is not None}
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
-    client = _client(args.server, _reader_token(args))
-    if args.what == "nodes":
-        answer = _ask(client.get_json, "api/v1/servers")
-        rows = answer["servers"]
-        columns = ("id", "online", "file_count", "model_count", "unhashed_count", "unreachable_count", "broken_count",
-                   "last_seen", "api_url")
-    elif args.what == "models":
-        params = {"limit": args.limit, **({"q": args.text} if args.text else {}), **({"type": args.type} if args.type else {})}
-        answer = _ask(client.get_json, "api/v1/models", params)
-        rows = answer["models"]
-        for row in rows:
-            row["nodes"] = f"{row.get('online_node_count', 0)}/{row.get('node_count', 0)}"
-        columns = ("id", "type", "base", "autov2", "nodes", "name")
-    else:
-        answer = _ask(client.get_json, "api/v1/models/wanted", {"limit": args.limit})
-        rows = answer.get("wanted", [])
-        columns = ("kind", "reference", "requests", "last_wanted")
+    from . import fleet_tables
+
+    path, params = _fleet_request(args)
+    token_hint = READER_TOKEN + (f", or node {args.node_id}'s own token" if args.what == "recommendations" else "")
+    answer = _ask(_client(args.server, _reader_token(args)).get_json, path, params or None, token=token_hint)
     if args.json:
         print_json(answer)
     else:
-        print_table(rows, columns, empty=f"no {args.what}")
+        getattr(fleet_tables, args.what)(answer)
     return 0
 
 
@@ -118,10 +141,8 @@ def _job_words(answer: dict[str, Any], node: str | None) -> str:
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
     if args.server:
-        admin = args.admin_token or os.environ.get("MODELSYNC_ADMIN_TOKEN")
-        if not admin:
-            raise CliError("issuing a token on a remote server needs the admin token: --admin-token or MODELSYNC_ADMIN_TOKEN", 2)
-        answer = _ask(_client(args.server, admin).post_json, f"api/v1/servers/{args.node_id}/token", {})
+        client = admin_client(args, "issuing a token on a remote server")
+        answer = ask_admin(client.post_json, f"api/v1/servers/{quote(args.node_id, safe='')}/token", {})
         token = answer["token"]
     else:
         token = _issue_locally(args)

@@ -186,6 +186,9 @@ class ServerClient:
     def post_json(self, path: str, body: Any) -> dict[str, Any]:
         return self._request("POST", path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
 
+    def delete_json(self, path: str) -> dict[str, Any]:
+        return self._request("DELETE", path)
+
     def _post(self, path: str, body: bytes, extra_headers: dict[str, str]) -> dict[str, Any]:
         answer = self._request("POST", path, data=body, headers=extra_headers)
         if answer.get("token"):
