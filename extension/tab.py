@@ -333,7 +333,8 @@ class TabActions:
                  recommendation_source(p["source"]) + (f" (transfer {p['transfer']['state']})" if p.get("transfer") else "")]
                 for p in rec.get("place", [])]
         rows += [["drop", model_label(d["model"]), human_size(d["bytes"]), d["reason"], ""] for d in rec.get("drop", [])]
-        return {"headers": RECOMMENDATION_HEADERS, "data": rows or [[]]}
+        # an empty row as wide as the headers: gradio 4.40 draws `[[]]` here 500 px high, at times without the first header
+        return {"headers": RECOMMENDATION_HEADERS, "data": rows or [[""] * len(RECOMMENDATION_HEADERS)]}
 
     def orderable(self) -> dict[str, int]:
         """Choice label -> model id: the places not under way already."""
@@ -479,7 +480,8 @@ def build_tab(service: NodeService) -> gr.Blocks:
         refreshed.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(refreshed.then))
         insight_outputs = [recommendations, recommend_note, place_choice, order_button, table, order_note]
         refreshed.then(actions.follow_insight, filters, insight_outputs)
-        order_button.click(actions.order_recommended, [place_choice, *filters], insight_outputs)
+        ordered = order_button.click(actions.order_recommended, [place_choice, *filters], insight_outputs)
+        ordered.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(ordered.then))  # the new order
         type_filter.change(actions.models_table, filters, [table])
         text_filter.change(actions.models_table, filters, [table])
         table.select(actions.select_row, [table], [selected_path])
