@@ -144,29 +144,37 @@ def test_a_model_loaded_in_the_host_reaches_the_central_server_and_ranks_that_no
         assert len(sent) >= 3 and all("state" in body for _, body in sent)
 
 
-def test_a_state_flipping_20_times_in_a_second_costs_at_most_one_extra_heartbeat_per_5_seconds(tmp_path):
+@contextlib.contextmanager
+def state_reporting_node(tmp_path: Path, server: RunningServer, node_id: str,
+                         activity: list[HostActivity]) -> Iterator[NodeService]:
+    """A node agent with one LoRA, no timer heartbeat (an hour), reporting activity[-1] as its host's state."""
     models = tmp_path / "models"
     model_factory.write_lora(models / "x.safetensors")
+    config = NodeConfig(node_id, server_url=server.base_url, heartbeat_seconds=3600, rescan_seconds=0,
+                        watch=False, receive=False)
+    service = NodeService(tmp_path / "node", lambda: config, lambda: [Root(str(models), "lora")],
+                          activity=lambda: activity[-1])
+    service.start_background(initial_sync=True)
+    try:
+        yield service
+    finally:
+        service.stop(timeout=30)
+
+
+def test_a_state_flipping_20_times_in_a_second_costs_at_most_one_extra_heartbeat_per_5_seconds(tmp_path):
     flips = [HostActivity(busy=False)]
-    with counting_server(tmp_path / "central") as (server, heartbeats):
-        config = NodeConfig("gpu-flip", server_url=server.base_url, heartbeat_seconds=3600, rescan_seconds=0,
-                            watch=False, receive=False)
-        service = NodeService(tmp_path / "node", lambda: config, lambda: [Root(str(models), "lora")],
-                              activity=lambda: flips[-1])
-        service.start_background(initial_sync=True)
-        try:
-            wait_for(lambda: heartbeats.of("gpu-flip"), timeout=30)  # the one after the start-up push
-            started = time.monotonic()
-            for i in range(20):
-                flips.append(HostActivity(loaded=Checkpoint(f"model_{i}.safetensors"), busy=i % 2 == 0))
-                service.state_changed()
-                time.sleep(0.05)
-            final = {"title": "model_19.safetensors", "sha256": None}
-            wait_for(lambda: (s := server_entry(server, "gpu-flip")["state"]) and s["loaded"] == final and not s["busy"],
-                     timeout=30)
-            ended = time.monotonic()
-        finally:
-            service.stop(timeout=30)
+    with counting_server(tmp_path / "central") as (server, heartbeats), \
+            state_reporting_node(tmp_path, server, "gpu-flip", flips) as service:
+        wait_for(lambda: heartbeats.of("gpu-flip"), timeout=30)  # the one after the start-up push
+        started = time.monotonic()
+        for i in range(20):
+            flips.append(HostActivity(loaded=Checkpoint(f"model_{i}.safetensors"), busy=i % 2 == 0))
+            service.state_changed()
+            time.sleep(0.05)
+        final = {"title": "model_19.safetensors", "sha256": None}
+        wait_for(lambda: (s := server_entry(server, "gpu-flip")["state"]) and s["loaded"] == final and not s["busy"],
+                 timeout=30)
+        ended = time.monotonic()
         during = [at for at, _ in heartbeats.of("gpu-flip") if at >= started]
         allowed = 1 + math.ceil((ended - started) / EXTRA_HEARTBEAT_SECONDS)
         assert 1 <= len(during) <= allowed, (len(during), ended - started)
@@ -176,26 +184,17 @@ def test_a_state_flipping_20_times_in_a_second_costs_at_most_one_extra_heartbeat
 def test_a_failed_read_of_the_fleet_counts_does_not_hold_back_a_changed_state(tmp_path):
     """Only the server URL and a push still waiting hold the state's heartbeat back; a request that failed (here the
     fleet counts, answered 503) does not: the model loaded next is reported at once, not at the timer's heartbeat."""
-    models = tmp_path / "models"
-    model_factory.write_lora(models / "x.safetensors")
     activity = [HostActivity(busy=False)]
-    with counting_server(tmp_path / "central") as (server, heartbeats):
-        config = NodeConfig("gpu-counts", server_url=server.base_url, heartbeat_seconds=3600, rescan_seconds=0,
-                            watch=False, receive=False)
-        service = NodeService(tmp_path / "node", lambda: config, lambda: [Root(str(models), "lora")],
-                              activity=lambda: activity[-1])
-        service.start_background(initial_sync=True)
-        try:
-            wait_for(lambda: heartbeats.of("gpu-counts"), timeout=30)  # the one after the start-up push
-            heartbeats.refuse_models_list = True
-            assert service.fleet_counts() is None and service.push_status.reachable is False
-            activity.append(HostActivity(loaded=Checkpoint("after.safetensors"), busy=True))
-            service.state_changed()
-            loaded = {"title": "after.safetensors", "sha256": None}
-            state = wait_for(lambda: (s := server_entry(server, "gpu-counts")["state"]) and s["loaded"] == loaded and s,
-                             timeout=30)
-        finally:
-            service.stop(timeout=30)
+    with counting_server(tmp_path / "central") as (server, heartbeats), \
+            state_reporting_node(tmp_path, server, "gpu-counts", activity) as service:
+        wait_for(lambda: heartbeats.of("gpu-counts"), timeout=30)  # the one after the start-up push
+        heartbeats.refuse_models_list = True
+        assert service.fleet_counts() is None and service.push_status.reachable is False
+        activity.append(HostActivity(loaded=Checkpoint("after.safetensors"), busy=True))
+        service.state_changed()
+        loaded = {"title": "after.safetensors", "sha256": None}
+        state = wait_for(lambda: (s := server_entry(server, "gpu-counts")["state"]) and s["loaded"] == loaded and s,
+                         timeout=30)
     assert state["busy"] is True and service.state_heartbeats >= 1 and service.push_status.reachable is True
 
 
