@@ -25,7 +25,7 @@ LONG_WAIT = 20  # a long-poll's wait that only a wake-up ends early
 class Node:
     """A node of the fleet: its Forge models/ tree, scanned for real, and its token as the admin issued it."""
 
-    def __init__(self, server: RunningServer, base: Path, server_id: str, files_url: str | None):
+    def __init__(self, server: RunningServer, base: Path, server_id: str, files_url: str | None = None):
         self.server = server
         self.id = server_id
         self.files_url = files_url

@@ -17,7 +17,8 @@ from typing import Any, Iterator
 
 import model_factory
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_jobs import JobNode, sha256_of
+import test_transfer_api as transfer_api
+from support_jobs import sha256_of
 from support_server import RunningServer, make_server, push_files, run_server, wait_for  # noqa: F401  (fixture)
 from support_webhooks import Receiver, create_webhook, deliveries, webhook_receiver
 
@@ -34,31 +35,15 @@ GIB = 1024**3
 CLOCK = {"webhook_retry_delays": (0.2, 0.4), "webhook_clock_seconds": 0.2}
 
 
-class Node:
-    """A node with its own models/ tree and the token the admin issued it."""
-
-    def __init__(self, server: RunningServer, base: Path, server_id: str, files_url: str | None = None):
-        self.server, self.id, self.files_url = server, server_id, files_url
-        self.job = JobNode(base, server_id)
-        r = server.post(f"/api/v1/servers/{server_id}/token", headers=server.admin_headers)
-        assert r.status_code == 200, r.text
-        self.headers = {"Authorization": f"Bearer {r.json()['token']}"}
-
-    def push(self) -> dict[str, Any]:
-        body = self.job.scan().to_dict()
-        if self.files_url:
-            body["files_url"] = self.files_url
-        r = self.server.post(f"/api/v1/servers/{self.id}/models/sync", json=body, headers=self.headers)
-        assert r.status_code == 200, r.text
-        return r.json()
+class Node(transfer_api.Node):
+    """The transfer API tests' node; its heartbeats and reports must be taken."""
 
     def heartbeat(self, **body: Any) -> None:
-        r = self.server.post(f"/api/v1/servers/{self.id}/heartbeat", json=body, headers=self.headers)
+        r = super().heartbeat(**body)
         assert r.status_code == 200, r.text
 
     def report(self, transfer_id: int, state: str, **fields: Any) -> dict[str, Any]:
-        r = self.server.post(f"/api/v1/transfers/{transfer_id}/progress", json={"state": state, **fields},
-                             headers=self.headers)
+        r = super().report(transfer_id, state, **fields)
         assert r.status_code == 200, r.text
         return r.json()
 
