@@ -86,6 +86,12 @@ def is_queue_or_admin_token(presented: str, queue_token: str, admin_token: str) 
     return any(matches)
 
 
+def is_node_token(db: sqlite_utils.Database, server_id: str, presented: str) -> bool:
+    """`presented` is node `server_id`'s own token (compared by its hash, in constant time)."""
+    row = db.conn.execute("SELECT token_hash FROM servers WHERE id = ?", [server_id]).fetchone()
+    return row is not None and bool(row[0]) and hmac.compare_digest(token_hash(presented), row[0])
+
+
 def require_admin(request: Request, admin_token: str) -> None:
     token = bearer_token(request)
     if token is None:

@@ -6,7 +6,6 @@ Like every dashboard page it is read without a token. The references jobs wrote 
 are the place to read them."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from starlette.requests import Request
@@ -20,6 +19,7 @@ from .context import context
 from .dashboard import _page, _render
 from .insight import analytics
 from .insight.recommendations import fleet_view, recommendations
+from .registry import utc_now
 
 CHART_WIDTH, CHART_HEIGHT, CHART_LEFT, CHART_BOTTOM = 720, 180, 40, 20
 
@@ -50,7 +50,7 @@ def insights_page(request: Request) -> Response:
     model_id = request.query_params.get("model_id")
     if ctx.demand is not None:
         ctx.demand.flush()
-    now = datetime.now(timezone.utc)
+    now = utc_now()
     db = ctx.registry.db()
     with read_snapshot(db):
         demand = analytics.demand(db, ctx.liveness, now, window, limit=25)

@@ -7,8 +7,6 @@ token. Without a queue token, anyone may read them, as the rest of the read API.
 """
 from __future__ import annotations
 
-import hmac
-from datetime import datetime, timezone
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -18,13 +16,13 @@ from starlette.routing import Route
 from modelsync.shared.catalog import read_snapshot
 from modelsync.shared.jobs.requirements import parse_kind
 
-from .auth import bearer_token, is_queue_or_admin_token, token_hash
+from .auth import bearer_token, is_node_token, is_queue_or_admin_token
 from .context import ServerContext, context
 from .errors import ApiError
 from .insight import analytics
 from .insight.recommendations import fleet_view, recommendations
 from .queries import MAX_PAGE_SIZE, int_param
-from .registry import MAX_ROW_ID
+from .registry import MAX_ROW_ID, utc_now
 from .transfers.params import node_id
 
 
@@ -42,15 +40,10 @@ def may_read(request: Request, ctx: ServerContext, server_id: str | None = None)
     if is_queue_or_admin_token(presented, expected, ctx.admin_token):
         return
     if server_id is not None:
-        row = ctx.registry.db().conn.execute("SELECT token_hash FROM servers WHERE id = ?", [server_id]).fetchone()
-        if row is not None and row[0] and hmac.compare_digest(token_hash(presented), row[0]):
+        if is_node_token(ctx.registry.db(), server_id, presented):
             return
     raise ApiError(403, "the token is neither the queue token nor the admin token"
                         + (f" nor node {server_id}'s token" if server_id else ""), "Authorization")
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def _flush(ctx: ServerContext) -> None:
@@ -95,8 +88,8 @@ async def demand(request: Request) -> JSONResponse:
         db = ctx.registry.db()
         with read_snapshot(db):
             if model_id is not None:
-                return analytics.demand_series(db, ctx.liveness, _now(), window, model_id)
-            return analytics.demand(db, ctx.liveness, _now(), window, kind, limit)
+                return analytics.demand_series(db, ctx.liveness, utc_now(), window, model_id)
+            return analytics.demand(db, ctx.liveness, utc_now(), window, kind, limit)
 
     return JSONResponse(await run_in_threadpool(read))
 
@@ -123,7 +116,7 @@ async def fleet(request: Request) -> JSONResponse:
         _flush(ctx)
         db = ctx.registry.db()
         with read_snapshot(db):
-            return analytics.fleet(db, ctx.liveness, _now())
+            return analytics.fleet(db, ctx.liveness, utc_now())
 
     return JSONResponse(await run_in_threadpool(read))
 
@@ -154,7 +147,7 @@ async def server_recommendations(request: Request) -> JSONResponse:
         _flush(ctx)
         db = ctx.registry.db()
         with read_snapshot(db):
-            return recommendations(db, fleet_view(db, ctx.liveness, _now()), server_id)
+            return recommendations(db, fleet_view(db, ctx.liveness, utc_now()), server_id)
 
     return JSONResponse(await run_in_threadpool(read))
 

@@ -41,6 +41,7 @@ from modelsync.shared.jobs.resolver import (
     mark_pending,
     record_last_used,
     resolve,
+    unmet_references,
     verify,
 )
 
@@ -49,7 +50,7 @@ from .body import expect_object, read_json
 from .context import ServerContext, context
 from .errors import ApiError
 from .insight import node_state
-from .insight.ranking import StateRanking, rank_nodes
+from .insight.ranking import StateRanking
 from .queries import MAX_PAGE_SIZE, int_param
 from .registry import MAX_ROW_ID
 from .transfers.civitai_calls import calls_for
@@ -135,7 +136,7 @@ def _after(ctx: ServerContext, write: Callable[..., int], *args: Any, **kwargs: 
 
 
 def _wanted_task(ctx: ServerContext, resolutions: list[Resolution]) -> BackgroundTask | None:
-    if any(r.status == "unknown" or (r.status == "resolved" and not r.held) for r in resolutions):
+    if unmet_references(resolutions):
         return _after(ctx, record_wanted_and_blocked, resolutions)  # + the job.blocked webhook event
     return None
 
@@ -214,8 +215,9 @@ async def dispatch_check(request: Request) -> JSONResponse:
     elif wants_fulfil:
         calls = calls_for(ctx.worker) if _fulfils_from_civitai(body, ctx) else None
         fulfilment = await run_in_threadpool(lambda: fulfil_job(ctx.registry.db(), calls, answer, resolutions, nodes,
-                                                                server_id, own_server_id=ctx.config.own_server_id))
-        answer = rank_nodes(fulfilment.answer, resolutions, nodes, ranking)
+                                                                server_id, own_server_id=ctx.config.own_server_id,
+                                                                ranking=ranking))
+        answer = fulfilment.answer
         if fulfilment.ordered:
             ctx.signals.notify(server_id)
     if not record:

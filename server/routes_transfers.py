@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import transfers
-from .auth import bearer_token, require_admin, token_hash
+from .auth import bearer_token, is_node_token, require_admin, token_hash
 from .body import expect_object, read_json
 from .context import ServerContext, context
 from .errors import ApiError
@@ -266,8 +266,7 @@ def _node_itself(ctx: ServerContext, request: Request, server_id: str) -> None:
     presented = bearer_token(request)
     if presented is None:
         raise ApiError(401, f"send node {server_id}'s token as 'Authorization: Bearer <token>'", "Authorization")
-    row = ctx.registry.db().conn.execute("SELECT token_hash FROM servers WHERE id = ?", [server_id]).fetchone()
-    if row is None or not row[0] or not hmac.compare_digest(token_hash(presented), row[0]):
+    if not is_node_token(ctx.registry.db(), server_id, presented):
         raise ApiError(403, f"the token is not node {server_id}'s own token (orders go to the node itself)", "Authorization")
 
 

@@ -10,12 +10,13 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-from modelsync.shared.catalog import TIME_FORMAT, chunks, placeholders
+from modelsync.shared.catalog import chunks, placeholders
 from modelsync.shared.insight.forecast import WINDOWS, forecast, hour_key, trend, window_hours
 from modelsync.shared.transfer.receiver import DEFAULT_FLOOR_BYTES
 
 from ..errors import ApiError
 from ..queries import Liveness, _rows
+from ..registry import iso, parse_iso
 from .node_state import NodeState, read_states
 
 COLD_DAYS = 30
@@ -188,14 +189,14 @@ def cold_known(db: sqlite_utils.Database, now: datetime) -> tuple[bool, str | No
     since = recording_since(db)
     if since is None:
         return False, None
-    from_when = datetime.strptime(since, TIME_FORMAT).replace(tzinfo=now.tzinfo) + timedelta(days=COLD_DAYS)
-    return from_when <= now, from_when.strftime(TIME_FORMAT)
+    from_when = parse_iso(since) + timedelta(days=COLD_DAYS)
+    return from_when <= now, iso(from_when)
 
 
 def cold_model_ids(db: sqlite_utils.Database, now: datetime, server_id: str | None = None) -> set[int]:
     """Held models (on `server_id`, or anywhere) no pre-submission check named and no approved dispatch used in
     COLD_DAYS. Call only when cold_known."""
-    since = (now - timedelta(days=COLD_DAYS)).strftime(TIME_FORMAT)
+    since = iso(now - timedelta(days=COLD_DAYS))
     where, params = ("AND a.server_id = ?", [server_id]) if server_id else ("", [])
     rows = db.conn.execute(
         f"""SELECT DISTINCT a.model_id FROM model_server_availability a JOIN models m ON m.id = a.model_id

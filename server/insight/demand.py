@@ -12,12 +12,14 @@ import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Callable
 
 from modelsync.shared.catalog import TIME_FORMAT, write_transaction
 from modelsync.shared.insight.forecast import hour_key
-from modelsync.shared.jobs.resolver import Resolution, reference_key
+from modelsync.shared.jobs.resolver import Resolution, wanted_key
+
+from ..registry import utc_now
 
 if TYPE_CHECKING:
     from ..context import ServerContext
@@ -38,19 +40,13 @@ class Count:
     unmet: int = 0
 
 
-def demand_key(res: Resolution) -> tuple[str, int | None]:
-    """What a reference counts for: the model when the registry knows the one it means, else the reference."""
-    if res.status == "resolved" and res.model is not None:
-        return f"sha256:{res.model.row['hash_sha256']}", res.model.id
-    return reference_key(res.reference), None
-
-
 def named_models(resolutions: list[Resolution], online: set[str]) -> dict[tuple[str, str], tuple[int | None, str, bool]]:
     """(kind, model_key) -> (model_id, label, unmet) for each model a check names, once each; unmet when no online
     node holds it (or the reference resolves to no single model)."""
     named: dict[tuple[str, str], tuple[int | None, str, bool]] = {}
     for res in resolutions:
-        key, model_id = demand_key(res)
+        key = wanted_key(res)
+        model_id = res.model.id if res.status == "resolved" and res.model is not None else None  # what the key names
         met = res.status in ("resolved", "name_conflict") and any(s in online for s in res.holders())
         seen = named.get((res.reference.kind, key))
         named[(res.reference.kind, key)] = (model_id, res.requirement.written[:MAX_LABEL],
@@ -60,7 +56,7 @@ def named_models(resolutions: list[Resolution], online: set[str]) -> dict[tuple[
 
 class DemandRecorder:
     def __init__(self, registry: "Registry", flush_seconds: float = 10.0,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
+                 clock: Callable[[], datetime] = utc_now):
         self.registry = registry
         self.flush_seconds = max(flush_seconds, 0.1)
         self.clock = clock

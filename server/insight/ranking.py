@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from modelsync.shared.jobs.resolver import NodeInfo, Ranking, Resolution, ranked, runnable_on
+from modelsync.shared.jobs.resolver import NodeInfo, Resolution, runnable_on
 from modelsync.shared.names import normalise_name
 
 from .node_state import NodeState
@@ -100,9 +99,3 @@ class StateRanking:
                     best[sid] = node
         return self.order(resolutions, runnable_on(resolutions, best)) if best else []
 
-
-def rank_nodes(answer: dict[str, Any], resolutions: list[Resolution], nodes: dict[str, NodeInfo],
-               ranking: Ranking) -> dict[str, Any]:
-    """An answer whose `nodes` another step listed (a dispatch-check's fulfil), those nodes ranked."""
-    listed = [nodes[n["server_id"]] for n in answer.get("nodes") or [] if n["server_id"] in nodes]
-    return {**answer, "nodes": ranked(ranking.order(resolutions, listed))}

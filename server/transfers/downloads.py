@@ -29,7 +29,7 @@ from ..errors import ApiError
 from ..registry import MAX_ROW_ID, parse_iso
 from ..url_param import http_url
 from . import store
-from .params import node_id
+from .params import node_id, sha256_hex
 from .records import REQUESTERS, CivitaiOrderSource, Transfer, UrlOrderSource
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
@@ -202,9 +202,7 @@ def checked_role(role: Any) -> str | None:
 def checked_sha256(sha256: Any) -> str:
     if sha256 is None:
         raise ApiError(400, "a url order needs the file's sha256 (nothing else could verify the download)", "sha256")
-    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-        raise ApiError(400, "sha256 must be 64 hex digits", "sha256")
-    return sha256.lower()
+    return sha256_hex(sha256, "sha256")
 
 
 def order_url_transfer(db: sqlite_utils.Database, *, server_id: str, url: Any, sha256: Any, role: Any = None,

@@ -27,7 +27,7 @@ import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
 from modelsync.shared.jobs.requirements import KINDS
-from modelsync.shared.jobs.resolver import NodeInfo, Resolution, runnable_on
+from modelsync.shared.jobs.resolver import NodeInfo, Ranking, Resolution, TodaysOrder, ranked, runnable_on
 
 from ..errors import ApiError
 from . import store
@@ -157,21 +157,22 @@ def _failed_note(missing: Missing, transfer: Transfer) -> str:
 
 def fulfil_job(db: sqlite_utils.Database, calls: CivitaiCalls | None, answer: dict[str, Any],
                resolutions: list[Resolution], nodes: dict[str, NodeInfo], server_id: str, *,
-               own_server_id: str) -> Fulfilment:
+               own_server_id: str, ranking: Ranking = TodaysOrder()) -> Fulfilment:
     """`fulfil`, Civitai asked first when `calls` (fulfil from Civitai, and Civitai on) and the answer needs it.
     Blocks on Civitai: call it in a thread."""
     if calls is None or answer["ok"] or server_id == own_server_id or not nodes[server_id].online:
-        return fulfil(db, answer, resolutions, nodes, server_id, own_server_id=own_server_id)
+        return fulfil(db, answer, resolutions, nodes, server_id, own_server_id=own_server_id, ranking=ranking)
     picks, warnings = civitai_picks(db, calls, resolutions, server_id, nodes)
     answer = {**answer, "warnings": [*answer["warnings"], *warnings]} if warnings else answer
-    return fulfil(db, answer, resolutions, nodes, server_id, own_server_id=own_server_id, picks=picks)
+    return fulfil(db, answer, resolutions, nodes, server_id, own_server_id=own_server_id, picks=picks, ranking=ranking)
 
 
 def fulfil(db: sqlite_utils.Database, answer: dict[str, Any], resolutions: list[Resolution], nodes: dict[str, NodeInfo],
            server_id: str, *, own_server_id: str, now: datetime | None = None,
-           picks: dict[int, CivitaiPick] | None = None) -> Fulfilment:
-    """`answer` (the dispatch-check's without fulfil) as fulfil makes it: unchanged when it is ok or nothing may be
-    copied; else with `transfers` (one per missing model) and, when they stand, the action they call for."""
+           picks: dict[int, CivitaiPick] | None = None, ranking: Ranking = TodaysOrder()) -> Fulfilment:
+    """`answer` (the dispatch-check's without fulfil, its `nodes` ranked by `ranking`) as fulfil makes it: unchanged
+    when it is ok or nothing may be copied; else with `transfers` (one per missing model) and, when they stand, the
+    action they call for and the nodes that can run the job now, ranked as dispatch ranks them."""
     node = nodes[server_id]
     missing = copyable(resolutions, server_id, picks)
     if answer["ok"] or server_id == own_server_id or not node.online or missing is None:
@@ -213,5 +214,5 @@ def fulfil(db: sqlite_utils.Database, answer: dict[str, Any], resolutions: list[
     if others:
         reason += f"; {len(others)} online node(s) have every model now"
     return Fulfilment({**answer, "action": "route_elsewhere" if others else "retry_later", "reason": reason,
-                       "nodes": [n.as_dict() for n in others], "transfers": [t.to_dict() for t in transfers]},
+                       "nodes": ranked(ranking.order(resolutions, others)), "transfers": [t.to_dict() for t in transfers]},
                       any(created for _, created in made))

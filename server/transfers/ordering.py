@@ -7,7 +7,6 @@ until someone retries it.
 """
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 
@@ -18,12 +17,11 @@ from modelsync.shared.catalog import read_snapshot, write_transaction
 from ..errors import ApiError
 from ..registry import MAX_ROW_ID
 from . import store
-from .params import node_id
+from .params import node_id, sha256_hex
 from .records import REQUESTERS, SOURCE_MODES, STATES, Transfer, TransferPage
 from .sources import holders
 
 MAX_PAGE_SIZE = 500
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class NoPeer(ApiError):
@@ -35,9 +33,8 @@ def _model(db: sqlite_utils.Database, sha256: Any, model_id: Any) -> tuple[int, 
     if (sha256 is None) == (model_id is None):
         raise ApiError(400, "name the model by sha256 or by model_id (one of them)", "sha256")
     if sha256 is not None:
-        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-            raise ApiError(400, "sha256 must be 64 hex digits", "sha256")
-        row = db.conn.execute("SELECT id, hash_sha256, size FROM models WHERE hash_sha256 = ?", [sha256.lower()]).fetchone()
+        row = db.conn.execute("SELECT id, hash_sha256, size FROM models WHERE hash_sha256 = ?",
+                              [sha256_hex(sha256, "sha256")]).fetchone()
         named = "sha256"
     else:
         if not isinstance(model_id, int) or isinstance(model_id, bool) or not 1 <= model_id <= MAX_ROW_ID:

@@ -9,12 +9,20 @@ from ..errors import ApiError
 from ..registry import MAX_ROW_ID
 
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def node_id(value: Any, name: str) -> str:
     if not isinstance(value, str) or not _NODE_ID.fullmatch(value):
         raise ApiError(400, f"{name} must be a node id (1-64 of A-Z a-z 0-9 . _ -)", name)
     return value
+
+
+def sha256_hex(value: Any, name: str) -> str:
+    """64 hex digits, lowercased."""
+    if not isinstance(value, str) or not _SHA256.fullmatch(value):
+        raise ApiError(400, f"{name} must be 64 hex digits", name)
+    return value.lower()
 
 
 def byte_count(value: Any, name: str) -> int:

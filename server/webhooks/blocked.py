@@ -7,7 +7,7 @@ from datetime import timedelta
 import sqlite_utils
 
 from modelsync.shared.catalog import write_transaction
-from modelsync.shared.jobs.resolver import Resolution, record_wanted, reference_key
+from modelsync.shared.jobs.resolver import Resolution, record_wanted, unmet_references
 
 from ..registry import iso, utc_now
 from .events import emit, subscribers
@@ -15,23 +15,11 @@ from .events import emit, subscribers
 QUIET_SECONDS = 3600
 
 
-def _blocked(resolutions: list[Resolution]) -> list[tuple[Resolution, str]]:
-    found = []
-    for res in resolutions:
-        if res.pending_on:
-            continue
-        if res.status == "unknown":
-            found.append((res, reference_key(res.reference)))
-        elif res.status == "resolved" and not res.held:
-            found.append((res, f"sha256:{res.model.row['hash_sha256']}"))
-    return found
-
-
 def record_blocked(db: sqlite_utils.Database, resolutions: list[Resolution]) -> int:
     """Emit job.blocked for each reference no node has, unless sent for it within the hour; returns how many.
     Nothing is noted while no endpoint wants the event (an endpoint added later hears of the next check at once);
     the notes of references quiet for the hour are dropped as they expire."""
-    blocked = _blocked(resolutions)
+    blocked = unmet_references(resolutions)
     if not blocked or not subscribers(db, "job.blocked"):
         return 0
     now = utc_now()

@@ -6,13 +6,12 @@ Redirects are not followed (a 3xx is a failed try) and the receiver's answer bod
 admin's URL aimed at an internal service cannot be used to read that service (docs/security.md)."""
 from __future__ import annotations
 
-import email.utils
 import logging
-import time
 from dataclasses import dataclass
 
 import requests
 
+from modelsync.shared.civitai.client import parse_retry_after
 from modelsync.shared.webhooks.signing import signed_headers
 
 from ..transfers.records import shown_url
@@ -30,20 +29,6 @@ class Outcome:
     error: str | None
     gone: bool = False  # 410: the receiver says it will never want these again
     retry_after: float | None = None
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Retry-After as delay-seconds or an HTTP-date; None when absent or unreadable."""
-    if not value:
-        return None
-    text = value.strip()
-    if text.isdigit():
-        return float(text)
-    try:
-        moment = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - now)
 
 
 def send(session: requests.Session, url: str, secret: str, delivery: Delivery, timeout: float) -> Outcome:
@@ -64,7 +49,7 @@ def send(session: requests.Session, url: str, secret: str, delivery: Delivery, t
         return Outcome(False, status, "410 Gone: the endpoint is disabled", gone=True)
     location = shown_url(response.headers.get("Location"))
     reason = f"HTTP {status}" + (f" (a redirect to {location}: not followed)" if location and 300 <= status < 400 else "")
-    return Outcome(False, status, reason, retry_after=retry_after_seconds(response.headers.get("Retry-After"), time.time()))
+    return Outcome(False, status, reason, retry_after=parse_retry_after(response.headers.get("Retry-After")))
 
 
 def unreachable(url: str, exc: requests.RequestException) -> str:

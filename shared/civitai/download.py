@@ -18,12 +18,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from ..transfer.backoff import RETRY_STATUSES, wait
 from ..transfer.failures import TransferFailed
 from ..transfer.source import Opened
 from ..transfer.url_source import ResumableGet, redirect_target
 from ..transfer.urls import checked_url, shown
-from .client import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -92,24 +90,10 @@ class CivitaiSource:
 
     def _resolve(self) -> str:
         """The storage URL Civitai's endpoint redirects to; raises the terminal answers."""
-        failures = 0
         authorization = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
-        while True:
-            response = self.http.request(self.download_url, 0, authorization)  # redirects are resolved below
-            status = response.status_code
-            if status not in RETRY_STATUSES:
-                break
-            failures += 1
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            response.close()
-            delay = self.http.backoff.delay(failures, retry_after)
-            if self.on_backoff is not None:
-                self.on_backoff(retry_after if retry_after is not None else delay or self.http.backoff.longest_seconds)
-            if delay is None:
-                raise TransferFailed("rate_limited", f"Civitai kept answering HTTP {status} for "
-                                     f"{shown(self.download_url)}; try again later")
-            log.info("Civitai answered HTTP %d for %s; trying again in %g s", status, shown(self.download_url), delay)
-            wait(delay, self.http.cancel)
+        response = self.http.retrying(  # one hop: the redirect is resolved below
+            lambda: self.http.request(self.download_url, 0, authorization), f"Civitai ({shown(self.download_url)})",
+            self.on_backoff)
         with response:
             target = redirect_target(response, self.download_url)
             if target is None:

@@ -833,18 +833,24 @@ def _reference_from_key(kind: str, key: str) -> ModelReference:
     return ModelReference(kind, hashes=(HashRef(prefix, value),))
 
 
+def wanted_key(res: Resolution) -> str:
+    """What a reference counts for: the model when the registry knows the one it means, else the reference."""
+    if res.status == "resolved" and res.model is not None:
+        return f"sha256:{res.model.row['hash_sha256']}"
+    return reference_key(res.reference)
+
+
+def unmet_references(resolutions: list[Resolution]) -> list[tuple[Resolution, str]]:
+    """Each reference no node has (unknown, or a known model no node holds) and not on its way, with its key."""
+    return [(res, wanted_key(res)) for res in resolutions
+            if not res.pending_on and (res.status == "unknown" or (res.status == "resolved" and not res.held))]
+
+
 def record_wanted(db: sqlite_utils.Database, resolutions: list[Resolution], now: str | None = None) -> int:
-    """Count each reference that no node has (unknown, or a known model no node holds) and is not on its way."""
+    """Count each unmet reference (`unmet_references`) in the most-wanted list."""
     now = now or utc_now()
-    rows = []
-    for res in resolutions:
-        if res.pending_on:
-            continue
-        if res.status == "unknown":
-            rows.append((res.reference.kind, reference_key(res.reference), res.requirement.written, None))
-        elif res.status == "resolved" and not res.held:
-            sha256 = res.model.row["hash_sha256"]
-            rows.append((res.reference.kind, f"sha256:{sha256}", res.requirement.written, res.model.id))
+    rows = [(res.reference.kind, key, res.requirement.written, res.model.id if res.model else None)
+            for res, key in unmet_references(resolutions)]
     if rows:
         with write_transaction(db):
             db.conn.executemany(

@@ -70,19 +70,27 @@ class ResumableGet:
 
     def get(self, url: str, offset: int) -> requests.Response:
         """The answer of `url` (redirects followed) from `offset`; 429/5xx waited out, then `rate_limited`."""
+        return self.retrying(lambda: self._follow(url, offset), shown(url))
+
+    def retrying(self, send: Callable[[], requests.Response], who: str,
+                 on_backoff: Callable[[float], None] | None = None) -> requests.Response:
+        """`send()`'s answer, each 429/5xx waited out (the wait, or the Retry-After when given up, handed to
+        `on_backoff`), then `rate_limited`; `who` names the answering side in messages (never a query)."""
         failures = 0
         while True:
-            response = self._follow(url, offset)
-            if response.status_code not in RETRY_STATUSES:
+            response = send()
+            status = response.status_code
+            if status not in RETRY_STATUSES:
                 return response
             failures += 1
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             response.close()
             delay = self.backoff.delay(failures, retry_after)
+            if on_backoff is not None:
+                on_backoff(retry_after if retry_after is not None else delay or self.backoff.longest_seconds)
             if delay is None:
-                raise TransferFailed("rate_limited", f"{shown(url)} kept answering HTTP {response.status_code}",
-                                     retryable=False)
-            log.info("%s answered HTTP %d; trying again in %g s", shown(url), response.status_code, delay)
+                raise TransferFailed("rate_limited", f"{who} kept answering HTTP {status}", retryable=False)
+            log.info("%s answered HTTP %d; trying again in %g s", who, status, delay)
             wait(delay, self.cancel)
 
     def _follow(self, url: str, offset: int) -> requests.Response:
