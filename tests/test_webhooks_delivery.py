@@ -10,7 +10,8 @@ import pytest
 from support_server import RunningServer, free_port, make_server, wait_for  # noqa: F401  (fixture)
 from support_webhooks import create_webhook, deliveries, webhook_receiver
 
-from modelsync.server.webhooks.delivery import Outcome, next_attempt, retry_after_seconds
+from modelsync.server.webhooks.delivery import Outcome, next_attempt
+from modelsync.shared.civitai.client import parse_retry_after
 
 FAST = {"webhook_retry_delays": (0.2, 0.4, 0.8), "webhook_clock_seconds": 0.2}
 
@@ -126,9 +127,10 @@ def test_retry_delays_grow_and_honour_retry_after():
     assert next_attempt(0, asked, delays, 1000.0) == 1090.0  # more than the schedule's 5 s
     assert next_attempt(0, Outcome(False, 429, "", retry_after=10**6), delays, 0.0) == 120.0  # at most the longest
     assert next_attempt(0, Outcome(False, 410, "", gone=True), delays, 0.0) is None
-    assert retry_after_seconds("120", 0.0) == 120.0
-    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", 1445412480.0 - 60) == pytest.approx(60.0)
-    assert retry_after_seconds("soon", 0.0) is None
+    assert parse_retry_after("120") == 120.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT",
+                             datetime.fromtimestamp(1445412480.0 - 60, timezone.utc)) == pytest.approx(60.0)
+    assert parse_retry_after("soon") is None
 
 
 def test_retry_after_from_the_receiver_delays_the_next_try(make_server):

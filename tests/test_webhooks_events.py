@@ -135,8 +135,16 @@ def test_a_disk_below_the_nodes_floor_fires_once(make_server, tmp_path):
         node.heartbeat(state={"disks": [{**disk, "free_bytes": GIB // 2}], "floor_bytes": 2 * GIB})  # still low
         node.heartbeat(state={"disks": [{**disk, "free_bytes": 10 * GIB}], "floor_bytes": 2 * GIB})  # recovered
         wait_for(lambda: _disk_low(server) == 0)
+        assert _queued(server, "node.disk_low") == 1  # the heartbeat still below the floor fired nothing more
         node.heartbeat(state={"disks": [{**disk, "free_bytes": GIB}], "floor_bytes": 2 * GIB})  # low again
         wait_for(lambda: len(of_type(receiver, "node.disk_low")) == 2)
+        assert _queued(server, "node.disk_low") == 2
+
+
+def _queued(server: RunningServer, event_type: str) -> int:
+    """Events of that type in the outbox, delivered or not."""
+    with sqlite3.connect(server.db_path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM webhook_deliveries WHERE event_type = ?", [event_type]).fetchone()[0]
 
 
 def _disk_low(server: RunningServer) -> int:
