@@ -51,7 +51,7 @@ def test_a_failing_receiver_gets_the_event_again_with_the_same_id_and_in_order(m
         receiver.script = [500, 503]  # the first two tries fail
         ask_for_missing(server, "first.safetensors", hook["id"])
         ask_for_missing(server, "second.safetensors", hook["id"])
-        wait_for(lambda: len(receiver.delivered()) == 2)
+        wait_for(lambda: len(receiver.delivered()) >= 2)
         assert blocked_names(receiver.delivered()) == ["first.safetensors", "second.safetensors"]
         first_tries = [r for r in receiver.requests if r.data["reference"] == "first.safetensors"]
         assert [r.status for r in first_tries] == [500, 503, 204]
@@ -75,7 +75,7 @@ def test_a_failing_endpoint_holds_back_only_its_own_events(make_server):
         dead.script = [500] * 10
         ask_for_missing(server, "a.safetensors", dead_hook["id"])
         ask_for_missing(server, "b.safetensors", dead_hook["id"])
-        wait_for(lambda: len(alive.delivered()) == 2)
+        wait_for(lambda: len(alive.delivered()) >= 2)
         assert blocked_names(alive.delivered()) == ["a.safetensors", "b.safetensors"]
         # the receiver answers before the server records the try: wait for the record
         head = wait_for(lambda: next((d for d in deliveries(server, dead_hook["id"])["deliveries"]

@@ -38,7 +38,7 @@ def test_a_kill_mid_retry_loses_nothing(tmp_path, monkeypatch):
         with receiver.lock:
             receiver.script = []  # the receiver is back
         with server_process(data, admin_token=admin) as server:
-            wait_for(lambda: len(receiver.delivered()) == 2, timeout=60)
+            wait_for(lambda: len(receiver.delivered()) >= 2, timeout=60)
             got = receiver.delivered()
             assert [r.data["reference"] for r in got] == ["before-1.safetensors", "before-2.safetensors"]
             assert got[0].webhook_id in tried and all(r.verified for r in receiver.requests)

@@ -96,19 +96,23 @@ class WebhookService:
                     until_next = min(until_next, head.next_attempt_at - now)
                     continue
                 self._in_flight.add(head.endpoint_id)
-            self._pool.submit(self._try, head)
+            self._pool.submit(self._try, head.endpoint_id)
         return until_next
 
-    def _try(self, delivery: Delivery) -> None:
+    def _try(self, endpoint_id: int) -> None:
+        """One try of the endpoint's head, read again now: the scheduler's look may predate the try that just ended
+        for this endpoint (its head delivered, or due later), and that event must not be sent again."""
         try:
-            endpoint = store.endpoint(self._registry.db(), delivery.endpoint_id)
-            if endpoint is not None and endpoint.enabled:
+            db = self._registry.db()
+            endpoint, delivery = store.endpoint(db, endpoint_id), store.head(db, endpoint_id)
+            if endpoint is not None and endpoint.enabled and delivery is not None \
+                    and delivery.next_attempt_at <= time.time():
                 self._record(endpoint, delivery, self._send(endpoint, delivery))
         except Exception:
-            log.exception("webhook delivery %d: recording the try failed", delivery.id)
+            log.exception("webhook endpoint %d: a try or its record failed", endpoint_id)
         finally:
             with self._lock:
-                self._in_flight.discard(delivery.endpoint_id)
+                self._in_flight.discard(endpoint_id)
             self._wake.set()
 
     def _send(self, endpoint: Endpoint, delivery: Delivery) -> Outcome:

@@ -151,6 +151,14 @@ def heads(db: sqlite_utils.Database) -> list[Delivery]:
     return [_delivery(row) for row in rows]
 
 
+def head(db: sqlite_utils.Database, endpoint_id: int) -> Delivery | None:
+    """The endpoint's oldest undelivered event as the registry holds it now (None when there is none)."""
+    row = db.conn.execute(f"""SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries
+                              WHERE endpoint_id = ? AND state = 'pending' ORDER BY id LIMIT 1""",
+                          [endpoint_id]).fetchone()
+    return _delivery(row) if row else None
+
+
 def record_success(db: sqlite_utils.Database, delivery: Delivery, status: int) -> None:
     now = utc_now()
     with write_transaction(db):
