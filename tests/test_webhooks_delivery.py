@@ -3,6 +3,7 @@ with the `standardwebhooks` package. Events come from their real condition (a jo
 has: job.blocked). Retry delays are shortened through the server's configuration."""
 from __future__ import annotations
 
+import json
 import logging
 from datetime import datetime, timezone
 
@@ -10,7 +11,10 @@ import pytest
 from support_server import RunningServer, free_port, make_server, wait_for  # noqa: F401  (fixture)
 from support_webhooks import create_webhook, deliveries, webhook_receiver
 
+from modelsync.server.webhooks import store
 from modelsync.server.webhooks.delivery import Outcome, next_attempt
+from modelsync.server.webhooks.events import emit
+from modelsync.shared.catalog import migrate, open_catalog, write_transaction
 from modelsync.shared.civitai.client import parse_retry_after
 
 FAST = {"webhook_retry_delays": (0.2, 0.4, 0.8), "webhook_clock_seconds": 0.2}
@@ -174,3 +178,22 @@ def test_an_unreachable_endpoints_error_never_shows_the_urls_query(make_server, 
     assert f"failed (try 2): ConnectionError: no answer from http://127.0.0.1:{port}/hook" in caplog.text
     for text in (*answers, caplog.text):
         assert token not in text and "?token" not in text
+
+
+def test_the_backlog_trim_leaves_an_endpoint_with_a_try_in_flight_for_later(tmp_path):
+    """The head being sent is the oldest pending event: trimming it then would drop an event the receiver is getting
+    and lose its recorded outcome. The endpoint is trimmed on the scheduler's next look, after the try."""
+    db = open_catalog(tmp_path / "registry.db")
+    migrate(db)
+    hook = store.create_endpoint(db, "http://127.0.0.1:9/hook", ["*"], None, "whsec_dGVzdA==")
+    with write_transaction(db):
+        for n in range(4):
+            emit(db, "job.blocked", {"reference": f"m{n}.safetensors"})
+    head = store.head(db, hook.id)
+    assert head is not None and json.loads(head.payload)["data"]["reference"] == "m0.safetensors"
+    assert store.trim_backlogs(db, 2, {hook.id}) == 0
+    assert store.head(db, hook.id) == head
+    assert store.trim_backlogs(db, 2, set()) == 2
+    remaining = store.deliveries(db, hook.id, "pending", 10, 0)[0]
+    assert sorted(json.loads(d.payload)["data"]["reference"] for d in remaining) == ["m2.safetensors", "m3.safetensors"]
+    assert store.endpoint(db, hook.id).dropped == 2

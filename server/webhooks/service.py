@@ -73,7 +73,9 @@ class WebhookService:
         while not self._stop.is_set():
             wait = POLL_SECONDS
             try:
-                store.trim_backlogs(self._registry.db(), max(1, self._config.webhook_backlog_cap))
+                with self._lock:
+                    in_flight = set(self._in_flight)
+                store.trim_backlogs(self._registry.db(), max(1, self._config.webhook_backlog_cap), in_flight)
                 wait = min(wait, self._dispatch_due())
                 if time.monotonic() - last_prune > PRUNE_EVERY_SECONDS:
                     older = iso(utc_now() - timedelta(days=self._config.webhook_log_days))

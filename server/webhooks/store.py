@@ -197,8 +197,9 @@ def disable(db: sqlite_utils.Database, endpoint_id: int, reason: str) -> None:
                         [reason, utc_now(), endpoint_id])
 
 
-def trim_backlogs(db: sqlite_utils.Database, cap: int) -> int:
-    """Each endpoint keeps at most `cap` undelivered events: the oldest beyond are dropped and counted."""
+def trim_backlogs(db: sqlite_utils.Database, cap: int, in_flight: set[int]) -> int:
+    """Each endpoint keeps at most `cap` undelivered events: the oldest beyond are dropped and counted. An endpoint
+    with a try in flight is trimmed after it (its head, the oldest, is being sent and its outcome must be recorded)."""
     over_sql = """SELECT endpoint_id, COUNT(*) FROM webhook_deliveries WHERE state = 'pending'
                   GROUP BY endpoint_id HAVING COUNT(*) > ?"""
     if not db.conn.execute(over_sql, [cap]).fetchone():  # a plain read: the write lock only when there is a trim
@@ -206,6 +207,8 @@ def trim_backlogs(db: sqlite_utils.Database, cap: int) -> int:
     dropped_total = 0
     with write_transaction(db):
         for endpoint_id, count in db.conn.execute(over_sql, [cap]).fetchall():
+            if endpoint_id in in_flight:
+                continue
             excess = count - cap
             dropped = db.conn.execute(
                 """DELETE FROM webhook_deliveries WHERE id IN (
