@@ -4,13 +4,15 @@ They run in the caller's thread (never on the event loop) within the fleet's one
 worker's: while the fleet backs off they fail at once, and a 429 or a 5xx pauses the fleet (the Retry-After, else
 1 s doubling to 30 s). A call whose turn is more than MAX_TURN_WAIT_SECONDS away is not made ("busy"): a request
 never holds a thread-pool thread for a queue of turns. By-hash answers (found or unknown) are kept per hash for a
-while, so a queue asking about the same job again costs Civitai nothing.
+while, so a queue asking about the same job again costs Civitai nothing; checks asking about a hash while Civitai is
+being asked about it wait for that one call's answer.
 """
 from __future__ import annotations
 
 import threading
 import time
 import weakref
+from concurrent import futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +57,7 @@ class CivitaiCalls:
         self.cache_seconds = cache_seconds
         self._lock = threading.Lock()
         self._by_hash: dict[str, tuple[float, Lookup]] = {}
+        self._asking: dict[str, futures.Future[Lookup]] = {}  # hash -> the answer of the by-hash call under way
         self._failures = 0  # 429/5xx answers in a row, for the back-off
 
     def paused_seconds(self) -> float:
@@ -84,21 +87,38 @@ class CivitaiCalls:
         return self._ask(lambda: self.worker.client.model_version(version_id))
 
     def by_hash(self, value: str) -> Lookup:
-        """Civitai's version for an AutoV2, a SHA256 or an AutoV3 (12 hex), cached per hash."""
+        """Civitai's version for an AutoV2, a SHA256 or an AutoV3 (12 hex), cached per hash. While one call asks
+        Civitai about a hash, other calls for it wait for its answer (whatever it is) rather than spend a turn."""
         key = value.lower()
-        now = time.monotonic()
         with self._lock:
             cached = self._by_hash.get(key)
-            if cached is not None and cached[0] > now:
+            if cached is not None and cached[0] > time.monotonic():
                 return cached[1]
-        found = self._ask(lambda: self.worker.client.by_hash(key))
-        if found.status == "busy":
-            return found  # not cached: the next check asks again
+            answer = self._asking.get(key)
+            asks = answer is None
+            if answer is None:
+                answer = self._asking[key] = futures.Future()
+        if not asks:
+            try:  # as long as asking itself may take: a turn's wait, then Civitai's answer
+                return answer.result(timeout=MAX_TURN_WAIT_SECONDS + self.worker.client.timeout)
+            except futures.TimeoutError:  # TimeoutError itself only from Python 3.11
+                return Lookup("busy", error="another check's look-up of this hash is still waiting for Civitai")
+        try:
+            found = self._ask(lambda: self.worker.client.by_hash(key))
+        except BaseException as error:
+            with self._lock:
+                del self._asking[key]
+            answer.set_exception(error)
+            raise
         keep = self.cache_seconds if found.status != "unavailable" else min(self.cache_seconds, FAILED_CACHE_SECONDS)
         with self._lock:
-            if len(self._by_hash) >= MAX_CACHED:
-                self._by_hash = {k: v for k, v in self._by_hash.items() if v[0] > now}
-            self._by_hash[key] = (time.monotonic() + keep, found)
+            del self._asking[key]
+            if found.status != "busy":  # busy is not cached: the next check asks again
+                now = time.monotonic()
+                if len(self._by_hash) >= MAX_CACHED:
+                    self._by_hash = {k: v for k, v in self._by_hash.items() if v[0] > now}
+                self._by_hash[key] = (now + keep, found)
+        answer.set_result(found)
         return found
 
 
