@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import sqlite_utils
 
-from modelsync.shared.catalog import write_transaction
-
 from .errors import ApiError
-from .previews import PreviewError, PreviewStore
+from .previews import PreviewError, PreviewStore, StoredPreview
 from .registry import iso, utc_now
 
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
@@ -42,7 +40,8 @@ def drop_vanished(db: sqlite_utils.Database, server_id: str, store: PreviewStore
     return len(gone)
 
 
-def store_node_preview(db: sqlite_utils.Database, store: PreviewStore, server_id: str, sha256: str, data: bytes) -> dict:
+def _first_node(db: sqlite_utils.Database, server_id: str, sha256: str) -> str | None:
+    """The other node whose preview of the model came first and stays; None when this node's is taken."""
     held = db.conn.execute(
         """SELECT 1 FROM model_server_availability a JOIN models m ON m.id = a.model_id
            WHERE a.server_id = ? AND m.hash_sha256 = ? AND a.has_preview = 1 LIMIT 1""", [server_id, sha256]).fetchone()
@@ -50,15 +49,30 @@ def store_node_preview(db: sqlite_utils.Database, store: PreviewStore, server_id
         raise ApiError(409, f"node {server_id} lists no copy of {sha256} with a preview: sync first", "sha256")
     current = db.conn.execute("SELECT status, source_server FROM model_previews WHERE sha256 = ?", [sha256]).fetchone()
     if current is not None and current[0] == "stored" and current[1] not in (None, server_id):
-        return {"sha256": sha256, "stored": False, "reason": f"node {current[1]}'s preview came first and stays"}
-    try:
-        stored = store.store(sha256, data, max_pixels=MAX_UPLOAD_PIXELS)
-    except PreviewError as exc:
-        raise ApiError(400, f"the preview is {exc}", "body") from None
-    with write_transaction(db):
-        db.conn.execute(
-            """INSERT OR REPLACE INTO model_previews
-               (sha256, status, source_url, content_type, width, height, bytes, checked_at, error, source_server)
-               VALUES (?, 'stored', NULL, 'image/jpeg', ?, ?, ?, ?, NULL, ?)""",
-            [sha256, stored.width, stored.height, stored.bytes, iso(utc_now()), server_id])
+        return current[1]
+    return None
+
+
+def store_node_preview(db: sqlite_utils.Database, store: PreviewStore, server_id: str, sha256: str, data: bytes) -> dict:
+    first = _first_node(db, server_id, sha256)  # before decoding, to refuse cheaply; decided again when writing
+
+    def write_row(preview: StoredPreview) -> bool:
+        nonlocal first
+        first = _first_node(db, server_id, sha256)
+        if first is None:
+            db.conn.execute(
+                """INSERT OR REPLACE INTO model_previews
+                   (sha256, status, source_url, content_type, width, height, bytes, checked_at, error, source_server)
+                   VALUES (?, 'stored', NULL, 'image/jpeg', ?, ?, ?, ?, NULL, ?)""",
+                [sha256, preview.width, preview.height, preview.bytes, iso(utc_now()), server_id])
+        return first is None
+
+    stored: StoredPreview | None = None
+    if first is None:
+        try:
+            stored = store.store(db, sha256, data, write_row, max_pixels=MAX_UPLOAD_PIXELS)
+        except PreviewError as exc:
+            raise ApiError(400, f"the preview is {exc}", "body") from None
+    if stored is None:
+        return {"sha256": sha256, "stored": False, "reason": f"node {first}'s preview came first and stays"}
     return {"sha256": sha256, "stored": True, "width": stored.width, "height": stored.height}

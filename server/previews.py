@@ -1,10 +1,18 @@
-"""Central preview images: one JPEG per SHA256 in CONFIG_DATA_PATH/previews, written once, atomically."""
+"""Central preview images: one JPEG per SHA256 in CONFIG_DATA_PATH/previews, written atomically.
+
+A preview's file and its `model_previews` row change together, inside one write transaction: the Civitai worker, the
+nodes and an operator's rejection each decide on the row there, so one's check never meets another's write, and the
+file is always the one the row names."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import sqlite_utils
 
 from modelsync.shared.atomic_write import write_atomic
+from modelsync.shared.catalog import write_transaction
 from modelsync.shared.images import ImageError, shrink_to_jpeg
 
 
@@ -28,16 +36,28 @@ class PreviewStore:
     def path(self, sha256: str) -> Path:
         return self.folder / f"{sha256}.jpeg"
 
-    def store(self, sha256: str, data: bytes, max_pixels: int = 64_000_000) -> StoredPreview:
-        """Decode any still image Pillow reads (first frame of an animation), shrink it, keep it as JPEG."""
+    def store(
+        self,
+        db: sqlite_utils.Database,
+        sha256: str,
+        data: bytes,
+        write_row: Callable[[StoredPreview], bool],
+        max_pixels: int = 64_000_000,
+    ) -> StoredPreview | None:
+        """Decode any still image Pillow reads (first frame of an animation) and shrink it to a JPEG; then, in one
+        write transaction, `write_row(preview)` decides whether it is kept and writes its row, and only then does the
+        file replace the model's current one. None when `write_row` declined (nothing written)."""
         try:
             encoded, (width, height) = shrink_to_jpeg(data, self.max_side, quality=88, max_pixels=max_pixels)
         except ImageError as exc:
             raise PreviewError(str(exc)) from None
+        preview = StoredPreview(self.path(sha256), width, height, len(encoded))
         self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.path(sha256)
-        write_atomic(target, encoded)
-        return StoredPreview(target, width, height, len(encoded))
+        with write_transaction(db):
+            if not write_row(preview):
+                return None
+            write_atomic(preview.path, encoded)
+        return preview
 
     def clear(self) -> None:
         if self.folder.is_dir():

@@ -10,6 +10,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from modelsync.shared.catalog import write_transaction
+
 from . import queries
 from .auth import require_admin
 from .body import expect_object, read_json
@@ -67,9 +69,10 @@ async def reject_civitai_match(request: Request) -> JSONResponse:
 
     def work() -> dict[str, Any]:
         db = ctx.registry.db()
-        version_id, cleared = reject_match(db, model_id)
-        model = queries.model_info(db, ctx.liveness, model_id)
-        ctx.previews.path(model["hash_sha256"]).unlink(missing_ok=True)
+        with write_transaction(db):  # the preview's row and file go together (see server/previews.py)
+            version_id, cleared = reject_match(db, model_id)
+            model = queries.model_info(db, ctx.liveness, model_id)
+            ctx.previews.path(model["hash_sha256"]).unlink(missing_ok=True)
         return {"model_id": model_id, "rejected_version_id": version_id, "cleared": sorted(cleared), "model": model}
 
     return JSONResponse(await run_in_threadpool(work))
