@@ -342,7 +342,7 @@ async def check_model_update(request: Request) -> JSONResponse:
     if ctx.update_checks is None:
         raise ApiError(409, "Civitai update checks are off (MODELSYNC_UPDATE_CHECKS=off or CIVITAI_ENABLED=false)", "id")
     outcome = await run_in_threadpool(ctx.update_checks.check_model_now, model_id)
-    info = await run_in_threadpool(queries.model_info, ctx.registry.db(), ctx.liveness, model_id)
+    info = await run_in_threadpool(lambda: queries.model_info(ctx.registry.db(), ctx.liveness, model_id))
     return JSONResponse({"model_id": model_id, "outcome": outcome, "update": info["update"],
                          "update_check": info["update_check"]})
 

@@ -253,8 +253,8 @@ async def upload_preview(request: Request) -> JSONResponse:
         raise ApiError(403, f"node {auth.server_id} is not registered: sync first", "Authorization")
     sha256 = request.path_params["sha256"]
     raw = await read_body(request, MAX_UPLOAD_BYTES, MAX_UPLOAD_BYTES)
-    return JSONResponse(await run_in_threadpool(store_node_preview, ctx.registry.db(), ctx.previews, auth.server_id,
-                                                sha256, bytes(raw)))
+    return JSONResponse(await run_in_threadpool(lambda: store_node_preview(
+        ctx.registry.db(), ctx.previews, auth.server_id, sha256, bytes(raw))))
 
 
 ROUTES = [

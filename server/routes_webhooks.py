@@ -78,7 +78,8 @@ async def create_webhook(request: Request) -> JSONResponse:
     body = expect_object(await read_json(request, ctx.config.max_request_bytes, ctx.config.max_decompressed_bytes))
     url, events, description = _url(body.get("url")), _events(body.get("events")), _description(body.get("description"))
     secret = new_secret()
-    created = await run_in_threadpool(store.create_endpoint, ctx.registry.db(), url, events, description, secret)
+    created = await run_in_threadpool(
+        lambda: store.create_endpoint(ctx.registry.db(), url, events, description, secret))
     return JSONResponse({**created.to_dict(backlog=0), "secret": secret}, status_code=201)
 
 
@@ -111,7 +112,7 @@ async def delete_webhook(request: Request) -> JSONResponse:
     """
     ctx = _admin(request)
     endpoint_id = request.path_params["id"]
-    if not await run_in_threadpool(store.delete_endpoint, ctx.registry.db(), endpoint_id):
+    if not await run_in_threadpool(lambda: store.delete_endpoint(ctx.registry.db(), endpoint_id)):
         raise ApiError(404, f"no webhook {endpoint_id}", "id")
     return JSONResponse({"deleted": endpoint_id})
 
