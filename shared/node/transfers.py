@@ -194,23 +194,28 @@ class TransferRunner:
             except PushError as exc:
                 log.info("orphaned temp files are left for now: %s", exc)
             else:
-                keep = standing | {order.sha256 for order in orders} | {t.order.sha256 for t in self.running.values()}
+                with self._lock:
+                    keep = standing | {order.sha256 for order in orders} | {t.order.sha256 for t in self.running.values()}
                 self.orphans_removed = remove_orphaned_parts([root.path for root in self._roots()], keep)
                 log.info("start-up: %d orphaned temp files removed, those of %d unfinished transfers kept",
                          len(self.orphans_removed), len(keep))
-        for order in orders[:free]:
-            self._start(order)
-        return 0 if orders or time.monotonic() - asked >= MIN_POLL_SECONDS else MIN_POLL_SECONDS
+        started = [order for order in orders if self._start(order, config.max_transfers)]
+        return 0 if started or time.monotonic() - asked >= MIN_POLL_SECONDS else MIN_POLL_SECONDS
 
-    def _start(self, order: TransferOrder) -> None:
-        transfer = Running(order)
+    def _start(self, order: TransferOrder, max_transfers: int) -> bool:
+        """Start the order unless the runner is stopping, has no free slot, or a transfer of the same file is still
+        under way here: a cancelled one ends only at its next report, and both would write the one temp file named by
+        the SHA256. The thread starts under the lock, so every transfer stop() finds has one to join."""
         with self._lock:
-            if order.transfer_id in self.running:
-                return
+            if (self._stop.is_set() or len(self.running) >= max_transfers
+                    or any(t.order.sha256 == order.sha256 for t in self.running.values())):
+                return False
+            transfer = Running(order)
+            transfer.thread = threading.Thread(target=self._run, args=(transfer,),
+                                               name=f"modelsync-transfer-{order.transfer_id}", daemon=True)
             self.running[order.transfer_id] = transfer
-        transfer.thread = threading.Thread(target=self._run, args=(transfer,), name=f"modelsync-transfer-{order.transfer_id}",
-                                           daemon=True)
-        transfer.thread.start()
+            transfer.thread.start()
+        return True
 
     # one transfer
 
