@@ -126,6 +126,7 @@ class Registry:
         self.backups = backups
         self._local = threading.local()
         self._connections: list[sqlite_utils.Database] = []
+        self._closed = False
         self._lock = threading.Lock()
         self.disk_full: DiskFull | None = None  # set by a write that failed for space; cleared by `disk_state`
 
@@ -146,14 +147,17 @@ class Registry:
     def db(self) -> sqlite_utils.Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = open_catalog(self.path)
-            self._local.db = db
-            with self._lock:
+            with self._lock:  # a background thread outliving the stop must not open a connection nobody closes
+                if self._closed:
+                    raise sqlite3.ProgrammingError("the registry is closed: the server is stopping")
+                db = open_catalog(self.path)
                 self._connections.append(db)
+            self._local.db = db
         return db
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             connections, self._connections = self._connections, []
         for db in connections:
             try:
