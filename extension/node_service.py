@@ -10,16 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from ..shared.node import service as engine
-from ..shared.node.service import (  # noqa: F401  (what the tab and the tests name)
-    ANSWERED,
-    NO_ANSWER,
-    NOT_CONTACTED,
-    REFUSED,
-    PushStatus,
-    ScanState,
-    Schedule,
-    Timeouts,
-)
 from ..shared.push_client import PushError
 from ..shared.records import Root
 from ..shared.transfer.receiver import Received

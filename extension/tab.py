@@ -17,9 +17,10 @@ import gradio as gr
 
 from ..shared.catalog import migrate, open_catalog
 from ..shared.catalog_view import FileFilter, FileRecord, find, list_files
+from ..shared.node.service import ScanState
 from ..shared.units import human_size
 from .insight_client import NodeInsight
-from .node_service import NodeService, ScanState
+from .node_service import NodeService
 from .thumbnails import thumbnail_markdown
 
 # Preview last: when no file has one, the column is left out (a table value carries its own headers) and the

@@ -17,7 +17,6 @@ import pandas as pd
 import pytest
 from modelsync.extension import forge_callbacks
 from modelsync.extension.host_paths import host_roots
-from modelsync.extension.node_service import ScanState
 from modelsync.extension.settings import CATEGORY, OPTIONS, SECTION, read_settings
 from modelsync.extension.tab import (
     COLUMN,
@@ -28,6 +27,7 @@ from modelsync.extension.tab import (
     progress_text,
 )
 from modelsync.extension.thumbnails import THUMBNAIL_PIXELS
+from modelsync.shared.node.service import ScanState
 from modelsync.shared.scan.scanner import ScanProgress
 from PIL import Image
 from support_forge_host import OptionInfoBefore17, forge_host, run_script

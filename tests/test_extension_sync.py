@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import model_factory
-from modelsync.extension.node_service import NodeService, Timeouts
+from modelsync.extension.node_service import NodeService
 from modelsync.extension.settings import NodeSettings
 from modelsync.extension.tab import COLUMN, TabActions
 from modelsync.shared.inventory import Inventory, InventoryFile
+from modelsync.shared.node.contact import Timeouts
 from modelsync.shared.push_client import NodeCredentials, ServerClient
 from modelsync.shared.records import Root
 from support_civitai import civitai_stub  # noqa: F401  (fixture)

@@ -21,12 +21,20 @@ import pytest
 from modelsync.extension import forge_callbacks
 from modelsync.server.app import create_app
 from modelsync.shared.node.config import NodeConfig
-from modelsync.shared.node.service import EXTRA_HEARTBEAT_SECONDS, NodeService
+from modelsync.shared.node.service import NodeService
 from modelsync.shared.node.state import Checkpoint, HostActivity
+from modelsync.shared.node.state_reporter import EXTRA_HEARTBEAT_SECONDS
 from modelsync.shared.records import Root
 from support_forge_host import forge_host, run_script
 from support_jobs import sha256_of
-from support_server import ANSWERS, RunningServer, push_files, serve_asgi, server_config, wait_for
+from support_server import (
+    ANSWERS,
+    RunningServer,
+    push_files,
+    serve_asgi,
+    server_config,
+    wait_for,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
