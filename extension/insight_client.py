@@ -31,12 +31,14 @@ class NodeInsight:
         return ServerClient(config.server_url, credentials, timeout=self.TIMEOUT, connect_timeout=self.CONNECT_TIMEOUT,
                             retries=0)
 
-    def _start(self, work) -> None:
+    def _start(self, work) -> bool:
+        """Runs `work` in the background unless a read or an order runs already (then False)."""
         with self._lock:
             if self.busy():
-                return
+                return False
             self._thread = threading.Thread(target=work, name="modelsync-insight", daemon=True)
             self._thread.start()
+            return True
 
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -60,8 +62,9 @@ class NodeInsight:
         self.error = None
 
     def order(self, model_id: int, label: str) -> None:
-        self.order_note = f"Ordering {label}..."
-        self._start(lambda: self._order(model_id, label))
+        self.order_note = f"Ordering {label}..."  # before the thread starts: its answer comes after
+        if not self._start(lambda: self._order(model_id, label)):
+            self.order_note = f"Not ordered: the advice is being read; order {label} again when it shows."
 
     def _order(self, model_id: int, label: str) -> None:
         config = self.service.config()

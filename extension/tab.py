@@ -36,6 +36,8 @@ TRANSFERS_POLL_SECONDS = 1.0  # the node reports progress about once a second
 TRANSFERS_FOLLOW_SECONDS = 30 * 60  # the tab follows active transfers this long; Refresh follows again
 ACTIVE_STATES = ("queued", "running", "waiting_source", "verifying")
 RECOMMENDATION_HEADERS = ["Advice", "Model", "Size", "Why", "From"]
+ORDER_SLOTS = 8  # buttons made in build_tab (gradio adds no component at run time); more places: the dashboard
+INSIGHTS_PAGE = "/dashboard/insights"
 UPDATE_BADGE = "**update available**"
 IDLE_LABEL = "Scan for New Models"
 # Short cells never wrap; a name wraps only after "_", "-", "." or "/" (<wbr> in its markdown); the state's reason
@@ -338,10 +340,25 @@ class TabActions:
         return {"headers": RECOMMENDATION_HEADERS, "data": rows or [[""] * len(RECOMMENDATION_HEADERS)]}
 
     def orderable(self) -> dict[str, int]:
-        """Choice label -> model id: the places not under way already."""
+        """Order button label -> model id: the places with a source and no transfer yet (a place under way shows its
+        transfer in the table). Two models of the same name and source: the second label adds its SHA256's start."""
         rec = self.insight.recommendations or {}
-        return {f"{model_label(p['model'])} from {recommendation_source(p['source'])}": p["model"]["id"]
-                for p in rec.get("place", []) if not p.get("transfer") and p["source"].get("kind") != "none"}
+        labels: dict[str, int] = {}
+        for place in rec.get("place", []):
+            if place.get("transfer") or place["source"].get("kind") == "none":
+                continue
+            model = place["model"]
+            label = f"Copy {model_label(model)} here from {recommendation_source(place['source'])}"
+            if label in labels:
+                label += f" ({str(model.get('sha256') or model['id'])[:10]})"
+            labels[label] = model["id"]
+        return labels
+
+    def place_name(self, model_id: int) -> str | None:
+        """"<model> from <source>" for the order's note; None when the advice no longer has it."""
+        places = (self.insight.recommendations or {}).get("place", [])
+        return next((f"{model_label(p['model'])} from {recommendation_source(p['source'])}"
+                     for p in places if p["model"]["id"] == model_id), None)
 
     def recommendations_note(self, reading: bool = False) -> str:
         service, insight = self.service, self.insight
@@ -357,13 +374,23 @@ class TabActions:
             parts.append("This node has not reported its free disk yet: nothing is placed on it.")
         if not service.settings().allow_transfers:
             parts.append("Transfers to this node are off (Settings > Model Sync): no copy can be ordered.")
+        beyond = len(self.orderable()) - ORDER_SLOTS
+        if beyond > 0:
+            parts.append(f"{beyond} more to place than the buttons below show: the dashboard's Insights page "
+                         f"({INSIGHTS_PAGE} on the central server) orders them.")
         return " ".join(parts)
 
+    def order_buttons(self) -> list[dict[str, Any]]:
+        """One update per button slot: the first ones name an orderable place, the rest are hidden. Clickable only
+        while this node takes transfers and no read or order of the advice is under way."""
+        labels = list(self.orderable())[:ORDER_SLOTS]
+        allowed = self.service.settings().allow_transfers and not self.insight.busy()
+        return [gr.update(value=labels[slot] if slot < len(labels) else "", visible=slot < len(labels),
+                          interactive=allowed) for slot in range(ORDER_SLOTS)]
+
     def insight_outputs(self, type_filter: str = ALL_TYPES, text: str = "", reading: bool = False) -> tuple[Any, ...]:
-        choices = list(self.orderable())
-        allowed = self.service.settings().allow_transfers and bool(choices)
-        return (self.recommendations_table(), self.recommendations_note(reading),
-                gr.update(choices=choices, value=choices[0] if choices else None), gr.update(interactive=allowed),
+        """(recommendations table, note, ORDER_SLOTS button updates..., models table, order note)."""
+        return (self.recommendations_table(), self.recommendations_note(reading), *self.order_buttons(),
                 self.models_table(type_filter, text), self.insight.order_note)
 
     def _wait_for_insight(self, type_filter: str, text: str) -> Iterator[tuple[Any, ...]]:
@@ -376,7 +403,8 @@ class TabActions:
 
     def follow_insight(self, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, ...]]:
         """Read the recommendations and the update badges in the background; yield the tab's parts while reading
-        and once read."""
+        and once read. An earlier order's note goes: the fresh advice shows where that transfer is."""
+        self.insight.order_note = ""
         if not self.service.settings().server.url:
             yield self.insight_outputs(type_filter, text)
             return
@@ -384,17 +412,20 @@ class TabActions:
         yield from self._wait_for_insight(type_filter, text)
 
     def order_recommended(self, choice: str | None, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, ...]]:
-        """The Order button: order the chosen place through the transfer API (only when this node takes transfers)."""
+        """A place's button (its label is the input): order that place through the transfer API (only when this node
+        takes transfers)."""
         model_id = self.orderable().get(choice or "")
         if not self.service.settings().allow_transfers:
             self.insight.order_note = "Transfers to this node are off (Settings > Model Sync)."
         elif model_id is None:
-            self.insight.order_note = "Choose a recommended model first."
+            self.insight.order_note = f"Not ordered: \"{choice}\" is no longer among the places to order."
         else:
-            self.insight.order(model_id, str(choice))
+            self.insight.order(model_id, self.place_name(model_id) or str(choice))
             yield from self._wait_for_insight(type_filter, text)
             return
         yield self.insight_outputs(type_filter, text)
+        if self.insight.busy():  # a read for another browser: the buttons come back when it ends
+            yield from self._wait_for_insight(type_filter, text)
 
     def path_of(self, row: list[Any]) -> str:
         """The path of the file a table row shows (found by its Name and Folder cells); "" when none."""
@@ -455,9 +486,8 @@ def build_tab(service: NodeService) -> gr.Blocks:
         recommend_note = gr.Markdown("")
         recommendations = gr.Dataframe(headers=RECOMMENDATION_HEADERS, value=None, interactive=False, wrap=True,
                                        elem_id="modelsync_recommendations")
-        with gr.Row():
-            place_choice = gr.Dropdown(choices=[], label="Recommended model to copy to this node")
-            order_button = gr.Button("Order transfer", interactive=False, elem_id="modelsync_order")
+        order_buttons = [gr.Button("", visible=False, interactive=False, size="sm", elem_id=f"modelsync_order_{slot}")
+                         for slot in range(ORDER_SLOTS)]
         order_note = gr.Markdown("")
         with gr.Row():
             type_filter = gr.Dropdown(choices=[ALL_TYPES], value=ALL_TYPES, label="Type")
@@ -479,10 +509,12 @@ def build_tab(service: NodeService) -> gr.Blocks:
         refreshed = refresh.click(actions.refresh_table, filters, table_outputs)
         refreshed.then(actions.follow_background, filters, background_outputs)
         refreshed.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(refreshed.then))
-        insight_outputs = [recommendations, recommend_note, place_choice, order_button, table, order_note]
+        insight_outputs = [recommendations, recommend_note, *order_buttons, table, order_note]
         refreshed.then(actions.follow_insight, filters, insight_outputs)
-        ordered = order_button.click(actions.order_recommended, [place_choice, *filters], insight_outputs)
-        ordered.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(ordered.then))  # the new order
+        for button in order_buttons:  # a button as an input gives its label (gradio 3.41 and 4.40)
+            ordered = button.click(actions.order_recommended, [button, *filters], insight_outputs)
+            followed = ordered.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(ordered.then))
+            followed.then(actions.follow_insight, filters, insight_outputs)  # the advice again once the copies ended
         type_filter.change(actions.models_table, filters, [table])
         text_filter.change(actions.models_table, filters, [table])
         table.select(actions.select_row, [table], [selected_path])
