@@ -74,6 +74,8 @@ def _port(text: str) -> int:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         """One line, not the usage block."""
+        if message.endswith("expected one argument"):  # e.g. `--token -x...`: argparse takes "-x..." for an option
+            message += " (a value that starts with \"-\" is given as --option=VALUE)"
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 

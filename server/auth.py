@@ -37,7 +37,10 @@ MIN_TOKEN_LENGTH = 16
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    """256 random bits, URL-safe, never starting with "-": an operator passes it after an option (`--token X`)."""
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        continue
+    return token
 
 
 def token_hash(token: str) -> str:

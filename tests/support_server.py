@@ -18,7 +18,6 @@ import copy
 import json
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -37,6 +36,7 @@ import uvicorn
 from starlette.routing import Match
 
 from modelsync.server.app import create_app
+from modelsync.server.auth import new_token
 from modelsync.server.config import ServerConfig
 from modelsync.server.main import UVICORN_OPTIONS
 from modelsync.server.openapi import build_document
@@ -80,7 +80,7 @@ def server_config(data_path: Path, **overrides: Any) -> ServerConfig:
     """A config for tests: its own data folder, a known admin token, Civitai off unless asked for."""
     base = ServerConfig(
         data_path=Path(data_path),
-        admin_token=secrets.token_urlsafe(24),
+        admin_token=new_token(),  # as the server makes one: never "-..." (given after --admin-token)
         civitai_enabled=False,
         civitai_requests_per_minute=6000,
         worker_idle_seconds=0.5,

@@ -267,6 +267,11 @@ def test_the_queue_token_is_named_and_a_node_reads_its_own_recommendations(make_
                                                                     "--token", fleet.tokens["gpu-01"]))
     own = fleet.json("fleet", "recommendations", "gpu-02", *fleet.url, "--token", fleet.tokens["gpu-02"])
     assert own["server_id"] == "gpu-02"
+    # a token of an earlier release may start with "-": argparse takes it for an option; the error says what to do
+    dash = one_line_error(fleet.cli("fleet", "recommendations", "gpu-02", *fleet.url, "--token", "-" + "x" * 42))
+    assert "--token: expected one argument" in dash and "--option=VALUE" in dash
+    joined = fleet.json("fleet", "recommendations", "gpu-02", *fleet.url, f"--token={fleet.tokens['gpu-02']}")
+    assert joined["server_id"] == "gpu-02"
     assert fleet.json("fleet", "risks", *fleet.url, env={"MODELSYNC_QUEUE_TOKEN": "q" * 32})["nodes"]
 
 

@@ -121,3 +121,11 @@ def test_malformed_authorization_counts_as_none(central_server, header):
     register(central_server, "n1", "a")
     r = central_server.post("/api/v1/servers/n1/heartbeat", headers={"Authorization": header})
     assert r.status_code == 401
+
+
+def test_issued_tokens_never_start_with_a_dash_so_a_command_line_takes_them_after_an_option():
+    from modelsync.server.auth import new_token
+
+    tokens = [new_token() for _ in range(3000)]  # a leading "-" is 1 in 64 of url-safe base64: ~47 expected
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and {len(t) for t in tokens} == {43}
