@@ -514,7 +514,9 @@ def build_tab(service: NodeService) -> gr.Blocks:
         for button in order_buttons:  # a button as an input gives its label (gradio 3.41 and 4.40)
             ordered = button.click(actions.order_recommended, [button, *filters], insight_outputs)
             followed = ordered.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(ordered.then))
-            followed.then(actions.follow_insight, filters, insight_outputs)  # the advice again once the copies ended
+            # once the copies ended: the models table with the new files, the status line, then the advice again
+            followed.then(actions.refresh_table, filters, table_outputs).then(actions.follow_insight, filters,
+                                                                              insight_outputs)
         type_filter.change(actions.models_table, filters, [table])
         text_filter.change(actions.models_table, filters, [table])
         table.select(actions.select_row, [table], [selected_path])
