@@ -6,7 +6,7 @@ import time
 import model_factory
 
 from modelsync.shared.node import watcher as watcher_module
-from modelsync.shared.node.watcher import FolderWatcher, file_system_of, is_relevant, plan
+from modelsync.shared.node.watcher import ADDED, DELETED, FolderWatcher, file_system_of, is_relevant, is_relevant_change, plan
 
 
 def wait_until(event: threading.Event, timeout: float = 15) -> bool:
@@ -31,6 +31,19 @@ def test_which_paths_are_changes():
         assert not is_relevant(f"/m/Lora/{partial}"), partial
 
 
+def test_a_folder_that_appears_or_goes_is_a_change(tmp_path):
+    import watchfiles
+
+    assert (ADDED, DELETED) == (watchfiles.Change.added, watchfiles.Change.deleted)
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    assert is_relevant_change(ADDED, str(tmp_path / "pack"))
+    assert not is_relevant_change(ADDED, str(tmp_path / "notes.txt"))  # a file, not a model's
+    assert is_relevant_change(DELETED, str(tmp_path / "gone-pack"))  # gone: it may have been a folder
+    assert not is_relevant_change(DELETED, str(tmp_path / ".cache")) and not is_relevant_change(DELETED, "/m/x.part")
+    assert not is_relevant_change(watchfiles.Change.modified, str(tmp_path / "pack"))
+
+
 def test_network_shares_are_left_to_the_timer(tmp_path):
     (tmp_path / "nas").mkdir()
     (tmp_path / "local").mkdir()
@@ -43,6 +56,7 @@ def test_network_shares_are_left_to_the_timer(tmp_path):
 
 def test_a_new_model_file_is_seen_after_the_debounce_and_a_partial_download_is_not(tmp_path):
     collector = Collector()
+    (tmp_path / "sub").mkdir()  # watched from the start (a folder made later is a change of its own)
     watcher = FolderWatcher([str(tmp_path)], collector)
     watcher.start()
     try:
@@ -58,6 +72,29 @@ def test_a_new_model_file_is_seen_after_the_debounce_and_a_partial_download_is_n
     finally:
         watcher.stop()
     assert not any(p.endswith(".part") for call in collector.calls for p in call)
+
+
+def test_a_folder_of_models_moved_in_or_out_is_seen(tmp_path):
+    """`mv pack models/Lora/`: the pack's files were written before any watch of it (no event of their own), and
+    moved out again they get none either: the folder's own event asks for the re-scan."""
+    watched, outside = tmp_path / "Lora", tmp_path / "outside"
+    watched.mkdir()
+    for name in ("a", "b"):
+        model_factory.write_lora(outside / "pack" / f"{name}.safetensors")
+    collector = Collector()
+    watcher = FolderWatcher([str(watched)], collector)
+    watcher.start()
+    try:
+        time.sleep(0.5)  # the watch is in place
+        (outside / "pack").rename(watched / "pack")
+        assert wait_until(collector.event)
+        assert str(watched / "pack") in collector.calls[-1]
+        collector.event.clear()
+        (watched / "pack").rename(outside / "pack")
+        assert wait_until(collector.event)
+        assert str(watched / "pack") in collector.calls[-1]
+    finally:
+        watcher.stop()
 
 
 def test_a_watcher_that_cannot_watch_says_so_and_stops(tmp_path, monkeypatch, caplog):

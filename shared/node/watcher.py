@@ -3,8 +3,9 @@ truth: a watcher only makes it sooner.
 
 Folders on network file systems are never watched (inotify does not see what other machines write there), only
 re-scanned on the timer; the log says so once per folder. A partial download (`*.part`, `*.tmp`, `*.downloading`,
-`*.aria2`, our own `.modelsync-*.part`) is not a change. When the system's watch limit is reached, watching stops
-with one log line and the timer carries on."""
+`*.aria2`, our own `.modelsync-*.part`) is not a change. A folder that appears or goes is one: the files of a folder
+copied or moved in may be written before its own watch is in place, and those of a folder moved out get no events of
+their own. When the system's watch limit is reached, watching stops with one log line and the timer carries on."""
 from __future__ import annotations
 
 import logging
@@ -23,6 +24,7 @@ QUIET_MS = 1500  # changes are acted on once the folders have been quiet this lo
 MAX_GROUP_MS = 30_000  # however busy the folders, a re-scan starts after this long
 NETWORK_FILE_SYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "sshfs", "9p", "afs",
                                   "fuse.rclone", "fuse.s3fs", "fuse.gcsfuse", "ceph", "glusterfs", "fuse.glusterfs"})
+ADDED, DELETED = 1, 3  # watchfiles.Change values (watchfiles is imported only in the watcher's thread)
 PARTIAL_SUFFIXES = (".part", ".tmp", ".downloading", ".aria2", ".crdownload", ".partial")
 RELEVANT_SUFFIXES = tuple(MODEL_EXTENSIONS) + SIDECAR_SUFFIXES + (PREVIEW_SUFFIX,)
 
@@ -31,6 +33,17 @@ def is_relevant(path: str) -> bool:
     """A model file, a sidecar or a preview, not hidden, not a download in progress."""
     name = os.path.basename(path).lower()
     return not name.startswith(".") and not name.endswith(PARTIAL_SUFFIXES) and name.endswith(RELEVANT_SUFFIXES)
+
+
+def is_relevant_change(change: int, path: str) -> bool:
+    """`change`: watchfiles' Change (1 added, 2 modified, 3 deleted). A relevant file, or a folder added (the path is a
+    folder now) or deleted (gone: any path not hidden and not a partial download may have been one)."""
+    if is_relevant(path):
+        return True
+    name = os.path.basename(path)
+    if name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES):
+        return False
+    return os.path.isdir(path) if change == ADDED else change == DELETED
 
 
 def file_system_of(path: str, mounts: Iterable[tuple[str, str]]) -> str | None:
@@ -129,7 +142,7 @@ class FolderWatcher:
             log.warning("file watching is off (%s); model folders are re-scanned on the timer only", self.failure)
             return
         try:
-            for changes in watchfiles.watch(*self.plan.watched, watch_filter=lambda _change, path: is_relevant(path),
+            for changes in watchfiles.watch(*self.plan.watched, watch_filter=is_relevant_change,
                                             debounce=self.quiet_ms, stop_event=self.stopped, raise_interrupt=False,
                                             rust_timeout=1000, yield_on_timeout=False):
                 paths = {path for _change, path in changes}
