@@ -6,7 +6,7 @@ import os
 
 import model_factory
 import pytest
-from support_server import central_server, make_server  # noqa: F401  (fixtures)
+from support_server import central_server, make_server, wait_for  # noqa: F401  (fixtures)
 
 from modelsync.shared.catalog import migrate, open_catalog
 from modelsync.shared.inventory import Inventory, InventoryFile
@@ -176,16 +176,13 @@ def test_unhashed_files_are_listed_then_attached(central_server, tmp_path):
 
 
 def test_heartbeat_keeps_a_node_online_and_silence_makes_it_offline(make_server, tmp_path):
-    server = make_server(offline_after_seconds=1)
+    server = make_server(offline_after_seconds=5)  # room for a loaded machine between the heartbeat and the read
     client = ServerClient(server.base_url, NodeCredentials.load(tmp_path, "n1"), retries=0)
     first = client.heartbeat(display_name="Node one", api_url="http://10.0.0.5:7860")
     assert first["registered"] is True and client.credentials.token
     listed = server.get("/api/v1/servers").json()["servers"][0]
     assert (listed["id"], listed["display_name"], listed["api_url"], listed["online"]) == ("n1", "Node one", "http://10.0.0.5:7860", True)
-    import time
-
-    time.sleep(2.1)
-    assert server.get("/api/v1/servers").json()["servers"][0]["online"] is False
+    wait_for(lambda: server.get("/api/v1/servers").json()["servers"][0]["online"] is False, timeout=30)
     client.heartbeat()
     assert server.get("/api/v1/servers").json()["servers"][0]["online"] is True
 

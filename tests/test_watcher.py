@@ -23,6 +23,14 @@ class Collector:
         self.event.set()
 
 
+def watch_in_place(collector: Collector, folder) -> None:
+    """Once a probe file written into `folder` has been seen, the watch is in place (however loaded the machine)."""
+    (folder / "probe.safetensors").write_bytes(b"probe")
+    assert wait_until(collector.event)
+    collector.calls.clear()
+    collector.event.clear()
+
+
 def test_which_paths_are_changes():
     assert is_relevant("/m/Lora/hero.safetensors") and is_relevant("/m/Lora/hero.preview.jpeg")
     assert is_relevant("/m/Lora/hero.civitai.info") and is_relevant("/m/x.GGUF")
@@ -60,7 +68,7 @@ def test_a_new_model_file_is_seen_after_the_debounce_and_a_partial_download_is_n
     watcher = FolderWatcher([str(tmp_path)], collector)
     watcher.start()
     try:
-        time.sleep(0.5)  # the watch is in place
+        watch_in_place(collector, tmp_path)
         (tmp_path / "hero.safetensors.part").write_bytes(b"x" * 100)
         assert not collector.event.wait(3)
         model_factory.write_lora(tmp_path / "sub" / "hero.safetensors")
@@ -85,7 +93,7 @@ def test_a_folder_of_models_moved_in_or_out_is_seen(tmp_path):
     watcher = FolderWatcher([str(watched)], collector)
     watcher.start()
     try:
-        time.sleep(0.5)  # the watch is in place
+        watch_in_place(collector, watched)
         (outside / "pack").rename(watched / "pack")
         assert wait_until(collector.event)
         assert str(watched / "pack") in collector.calls[-1]
@@ -119,7 +127,7 @@ def test_a_file_still_being_written_is_acted_on_once_the_folder_is_quiet(tmp_pat
     watcher = FolderWatcher([str(tmp_path)], collector)
     watcher.start()
     try:
-        time.sleep(0.5)
+        watch_in_place(collector, tmp_path)
         with open(tmp_path / "big.safetensors", "wb") as f:  # a copy in progress: a write every 0.3 s for 3 s
             for _ in range(10):
                 f.write(b"x" * 1024)
