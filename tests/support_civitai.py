@@ -45,6 +45,7 @@ Scripted download faults, each used by the next request(s) it applies to (`times
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -97,9 +98,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, str(v))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # a client that gave up (a timeout test)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
 
     def _redirect(self, location: str) -> None:
         self._send(307, b"", "text/plain", {"Location": location})
