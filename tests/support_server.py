@@ -137,10 +137,21 @@ def serve_asgi(app: Any, name: str, before_stop: Any = None, **uvicorn_config: A
         sock.close()
 
 
+_PORTS_HANDED_OUT: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free loopback port never handed out before in this process: several taken back to back, before any child
+    binds its own, are all different."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        with _PORTS_LOCK:
+            if port not in _PORTS_HANDED_OUT:
+                _PORTS_HANDED_OUT.add(port)
+                return port
 
 
 def server_env(config: ServerConfig) -> dict[str, str]:

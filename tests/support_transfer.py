@@ -194,3 +194,8 @@ def run_peer(node: SourceNode) -> Iterator[RunningPeer]:
     app = FaultLayer(peer_app(node.serving, rescans), faults, served)
     with serve_asgi(app, "peer", lifespan="off", log_config=None, access_log=False, timeout_graceful_shutdown=2) as base_url:
         yield RunningPeer(base_url, faults, served, rescans)
+
+
+def tampered(grant: str) -> str:
+    """The grant with one character of its signature changed for sure (the second last: the last carries padding bits)."""
+    return grant[:-2] + ("A" if grant[-2] != "A" else "B") + grant[-1]

@@ -13,6 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from modelsync.server import civitai_worker
 from modelsync.server.civitai_updates import UpdateChecks
 from modelsync.server.civitai_worker import CivitaiRate
 from modelsync.server.registry import Registry
@@ -85,15 +86,26 @@ def test_a_held_version_civitai_no_longer_lists_is_compared_by_what_the_registry
 
 
 # --- the fleet's one rate --------------------------------------------------------------------------------------------
-def test_the_rate_spaces_every_caller_and_a_pause_stops_everyone():
+def test_the_rate_spaces_every_caller_and_a_pause_stops_everyone(monkeypatch):
     rate = CivitaiRate(requests_per_minute=600, max_backoff_seconds=30)  # one request per 0.1 s
     stop = threading.Event()
     turns: list[float] = []
+    clock_read = threading.local()  # each thread's last reading of the rate's clock: on a turn, the reserved moment
+
+    class RecordingTime:
+        def __getattr__(self, name: str):
+            return getattr(time, name)
+
+        def monotonic(self) -> float:
+            clock_read.value = time.monotonic()
+            return clock_read.value
+
+    monkeypatch.setattr(civitai_worker, "time", RecordingTime())
 
     def caller() -> None:
         for _ in range(4):
             assert rate.take_turn(stop)
-            turns.append(time.monotonic())
+            turns.append(clock_read.value)  # the moment the turn was reserved, whenever this thread runs again
 
     threads = [threading.Thread(target=caller) for _ in range(2)]
     for t in threads:
@@ -103,8 +115,8 @@ def test_the_rate_spaces_every_caller_and_a_pause_stops_everyone():
     turns.sort()
     assert len(turns) == 8
     assert all(b - a >= 0.1 - 0.005 for a, b in zip(turns, turns[1:])), turns
-    rate.back_off(0.3)
     paused_at = time.monotonic()
+    rate.back_off(0.3)
     assert rate.take_turn(stop)
     assert time.monotonic() - paused_at >= 0.3 - 0.005
 

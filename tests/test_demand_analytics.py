@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -169,9 +170,9 @@ CHECKPOINT_JOB = {"job": [{"type": "checkpoint", "name": "alpha"}, {"type": "lor
                   "format": "requirements"}
 
 
-def age_demand(server) -> None:
+def age_demand(server) -> str:
     """Time passes: the counts the server took (written by the flush before an analytics read) move to the last
-    complete hour, the newest hour any window holds."""
+    complete hour, the newest hour any window holds; that hour."""
     assert server.get("/api/v1/analytics/fleet", headers=server.admin_headers).status_code == 200  # flushes
     last = (datetime.now(timezone.utc) - timedelta(hours=1)).strftime(HOUR)
     with sqlite3.connect(server.db_path) as conn:
@@ -180,6 +181,17 @@ def age_demand(server) -> None:
         conn.execute("DELETE FROM demand_hourly")
         conn.executemany("""INSERT INTO demand_hourly (hour, kind, model_key, model_id, label, requests, unmet)
                             VALUES (?, ?, ?, ?, ?, ?, ?)""", [(last, *row) for row in rows])
+    return last
+
+
+def clear_of_the_hour_turn(margin_seconds: float = 10.0) -> None:
+    """Demand is counted in UTC hours: close to the next hour, wait until just past it, so that what a test records
+    next falls in one hour and that hour is still running when the test reads it."""
+    now = datetime.now(timezone.utc)
+    next_hour = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    if (next_hour - now).total_seconds() < margin_seconds:
+        while datetime.now(timezone.utc) < next_hour:
+            time.sleep(0.05)
 
 
 def availability(server, body: dict) -> dict:
@@ -191,6 +203,7 @@ def availability(server, body: dict) -> dict:
 def test_the_server_counts_each_named_model_once_per_pre_submission_check(make_server):
     server = make_server()
     push_files(server, "gpu-01", [entry("alpha")])
+    clear_of_the_hour_turn()
     for _ in range(3):
         availability(server, CHECKPOINT_JOB)
     availability(server, {**CHECKPOINT_JOB, "record": False})  # a look only
@@ -201,7 +214,7 @@ def test_the_server_counts_each_named_model_once_per_pre_submission_check(make_s
     availability(server, twice)  # names alpha twice: counts once
     running = server.get("/api/v1/analytics/demand", params={"window": "24h"}).json()
     assert running["requests"] == 0  # the running hour is in no window yet
-    age_demand(server)
+    last = age_demand(server)
 
     answer = server.get("/api/v1/analytics/demand", params={"window": "24h"})
     assert answer.status_code == 200, answer.text
@@ -212,7 +225,9 @@ def test_the_server_counts_each_named_model_once_per_pre_submission_check(make_s
     assert (nowhere["kind"], nowhere["requests"], nowhere["unmet"], nowhere["label"]) == ("lora", 3, 3, "nowhere")
 
     series = server.get("/api/v1/analytics/demand", params={"model_id": alpha["model"]["id"], "window": "7d"}).json()
-    assert series["requests"] == 4 and len(series["series"]) == 7 * 24 and series["series"][-1]["requests"] == 4
+    assert series["requests"] == 4 and len(series["series"]) == 7 * 24
+    # the newest complete hour when the counts were aged (the hour may have turned since: `to` is then one later)
+    assert [s["requests"] for s in series["series"] if s["hour"] == last] == [4]
 
     fleet = server.get("/api/v1/analytics/fleet").json()
     assert [u["key"] for u in fleet["unmet"]] == ["name:nowhere"]
@@ -227,6 +242,7 @@ def test_the_server_counts_each_named_model_once_per_pre_submission_check(make_s
 def test_counts_taken_in_memory_are_written_at_stop(tmp_path):
     with run_server(tmp_path / "data", demand_flush_seconds=3600) as server:  # no timed flush meanwhile
         push_files(server, "gpu-01", [entry("alpha")])
+        clear_of_the_hour_turn()  # both checks in one hour
         availability(server, CHECKPOINT_JOB)
         availability(server, CHECKPOINT_JOB)
         with sqlite3.connect(server.db_path) as conn:

@@ -27,6 +27,7 @@ from modelsync.extension.tab import (
     progress_text,
 )
 from modelsync.extension.thumbnails import THUMBNAIL_PIXELS
+from modelsync.shared.node.client import NodeClient
 from modelsync.shared.node.service import ScanState
 from modelsync.shared.scan.scanner import ScanProgress
 from PIL import Image
@@ -229,19 +230,30 @@ def test_without_a_central_server_the_tab_works_locally_and_shows_previews(host)
     assert all(len(row) == len(TABLE_HEADERS) - 1 for row in table["data"])
 
 
-def test_app_start_returns_at_once_and_the_start_up_sync_runs_in_the_background(host, central_server):  # noqa: F811
+def test_app_start_returns_at_once_and_the_start_up_sync_runs_in_the_background(host, central_server,  # noqa: F811
+                                                                               monkeypatch):
     files = write_models(Path(host.modules["modules.paths"].data_path))
+    start_returned = threading.Event()
+    released: list[bool] = []  # per push: whether app start had returned before it went (a start that waited never would)
+    push_inventory = NodeClient.push_inventory
+
+    def push_once_start_returned(client, inventory):
+        released.append(start_returned.wait(30))
+        return push_inventory(client, inventory)
+
+    monkeypatch.setattr(NodeClient, "push_inventory", push_once_start_returned)
     run_script(REPO / "scripts" / "modelsync_tab.py")
     host.opts.modelsync_server_url = central_server.base_url
     host.opts.modelsync_node_id = "gpu-08"
     started = time.monotonic()
     host.start_app(None, None)  # API-only mode: demo is None
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 5
+    start_returned.set()
     service = forge_callbacks.service()
     assert service.start_background() is service.start_background()  # started once
     service.stop(timeout=60)  # waits for the start-up scan and push, then the thread ends
     assert not any(t.name == "modelsync-background" and t.is_alive() for t in threading.enumerate())
-    assert service.push_status.attempts == 1 and service.push_status.reachable is True
+    assert service.push_status.attempts == 1 and service.push_status.reachable is True and released == [True]
     servers = central_server.get("/api/v1/servers").json()["servers"]
     assert [s["id"] for s in servers] == ["gpu-08"] and servers[0]["file_count"] == len(files)
     assert service.scan_state.report.stats.hashesCalculated == len(files)  # "hash new files" is on by default

@@ -277,7 +277,7 @@ def test_a_server_that_takes_the_connection_and_never_answers_holds_neither_the_
     model_factory.write_lora(tmp_path / "models" / "Lora" / "a.safetensors")
     with silent_server() as url:
         settings = NodeSettings(server_url=url, node_id="gpu-12", heartbeat_seconds=0)
-        service = node(tmp_path, settings, Clock(), timeouts=Timeouts(connect=3, push=4, counts=1))
+        service = node(tmp_path, settings, Clock(), timeouts=Timeouts(connect=3, push=8, counts=4))
         actions = TabActions(service)
         actions.start_scan(True)
         *_, (button, progress, report) = actions.follow_scan()
@@ -294,7 +294,7 @@ def test_a_server_that_takes_the_connection_and_never_answers_holds_neither_the_
 
         *_, (table, status, report) = actions.follow_background()  # what the page shows when both have ended
         assert not service.tab_push_running() and not service.reading_fleet_counts()
-        assert status.startswith(f"Central server {url}: unreachable. {url}/ took the connection but did not answer within 4 s")
+        assert status.startswith(f"Central server {url}: unreachable. {url}/ took the connection but did not answer within 8 s")
         assert "The push failed 1 time in a row; the inventory is kept" in status
         assert report.startswith("```\nScan complete!") and f"**The push failed:** {status}" in report
         assert [row[COLUMN["Fleet"]] for row in table["data"]] == [""]  # no counts from a silent server

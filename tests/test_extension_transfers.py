@@ -28,7 +28,7 @@ from modelsync.shared.transfer.protocol import (
 from modelsync.shared.transfer.receiver import receive
 from support_forge_host import forge_host
 from support_server import central_server, wait_for  # noqa: F401  (fixture)
-from support_transfer import write_large_safetensors
+from support_transfer import tampered, write_large_safetensors
 
 TOKEN = "forge-a-token-for-the-tests-0123456789"
 MIB = 1024 * 1024
@@ -109,7 +109,7 @@ def test_the_host_app_serves_a_catalog_file_by_grant_with_range_and_refuses_ever
         refused = {
             "no grant": requests.get(url, headers={NODE_HEADER: "forge-b"}, timeout=10),
             "another node": requests.get(url, headers={**headers, NODE_HEADER: "forge-c"}, timeout=10),
-            "tampered": requests.get(url, headers={**headers, GRANT_HEADER: headers[GRANT_HEADER][:-2] + "AA"}, timeout=10),
+            "tampered": requests.get(url, headers={**headers, GRANT_HEADER: tampered(headers[GRANT_HEADER])}, timeout=10),
             "another sha256": requests.get(file_url(base, "0" * 64), headers=headers, timeout=10),
             "expired": requests.get(url, headers={**headers, GRANT_HEADER: issue_grant(
                 signing_key(TOKEN), sha256=sha, source="forge-a", destination="forge-b", ttl_seconds=60,

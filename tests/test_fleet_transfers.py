@@ -82,8 +82,9 @@ class Watch:
     def _run(self) -> None:
         while not self._stop.wait(0.1):
             with contextlib.suppress(Exception):  # the central server may be restarting
+                asked = time.monotonic()  # the moment of the question: the answer shows the server then or later
                 t = transfer(self.central, self.transfer_id)
-                self.seen.append((time.monotonic(), t["state"], t["bytes_done"]))
+                self.seen.append((asked, t["state"], t["bytes_done"]))
 
     def running_since(self, since: float) -> list[int]:
         return [done for at, state, done in self.seen if at >= since and state == "running"]

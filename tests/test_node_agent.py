@@ -28,6 +28,7 @@ from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.protocol import GRANT_HEADER, NODE_HEADER, file_url
 from support_server import RunningServer, free_port, serve_http, server_process, wait_for
+from support_transfer import tampered
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -132,7 +133,7 @@ def test_a_node_registers_pushes_heartbeats_serves_by_grant_rescans_and_stops(tm
         refused = {
             "no grant": requests.get(url, headers={NODE_HEADER: "gpu-b"}, timeout=10),
             "another node": requests.get(url, headers={**granted, NODE_HEADER: "gpu-c"}, timeout=10),
-            "tampered": requests.get(url, headers={**granted, GRANT_HEADER: granted[GRANT_HEADER][:-2] + "AA"}, timeout=10),
+            "tampered": requests.get(url, headers={**granted, GRANT_HEADER: tampered(granted[GRANT_HEADER])}, timeout=10),
             "a path": requests.get(node.files_url + "/modelsync/v1/files/first.safetensors", headers=granted, timeout=10),
         }
         assert {why: a.status_code for why, a in refused.items()} == {"no grant": 401, "another node": 403,

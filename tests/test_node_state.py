@@ -23,7 +23,7 @@ from modelsync.server.app import create_app
 from modelsync.shared.node.config import NodeConfig
 from modelsync.shared.node.service import NodeService
 from modelsync.shared.node.state import Checkpoint, HostActivity
-from modelsync.shared.node.state_reporter import EXTRA_HEARTBEAT_SECONDS
+from modelsync.shared.node.state_reporter import EXTRA_HEARTBEAT_SECONDS, STATE_POLL_SECONDS
 from modelsync.shared.records import Root
 from support_forge_host import forge_host, run_script
 from support_jobs import sha256_of
@@ -119,6 +119,9 @@ def test_a_model_loaded_in_the_host_reaches_the_central_server_and_ranks_that_no
         assert 0 < roots[checkpoints]["free_bytes"] <= roots[checkpoints]["total_bytes"]
         assert first["state"]["floor_bytes"] == NodeConfig("x").free_floor_bytes
 
+        # gpu-forge's start-up heartbeats are over (the push's and maybe one of the state thread's, which looks every
+        # STATE_POLL_SECONDS): none for longer than that, so the next one heard is gpu-alpha's
+        wait_for(lambda: time.monotonic() - heartbeats.of("gpu-forge")[-1][0] > STATE_POLL_SECONDS + 1.0, timeout=30)
         # another node with the same checkpoint, idle, heard from more recently (or in the same second: its id sorts first)
         token = push_files(server, "gpu-alpha", [{"path": "/m/base.safetensors", "rel_name": "base.safetensors",
                                                   "role": "checkpoint", "size": checkpoint.stat().st_size,

@@ -117,7 +117,7 @@ def test_429_pauses_the_fleet_honours_retry_after_and_never_marks_unknown(enrich
     server = enriching_server()
     inventory, files = node_files(tmp_path, "busy")
     civitai_stub.add_version(FOUND, sha256=files[0].sha256)
-    civitai_stub.fail_next(429, retry_after=2)
+    civitai_stub.fail_next(429, retry_after=5)
     ServerClient(server.base_url, NodeCredentials.load(tmp_path, "n1"), retries=0).push_inventory(inventory)
     row = wait_for(lambda: lookup(server, files[0].sha256))
     assert row["status"] == "error" and "429" in row["error"]
