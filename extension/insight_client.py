@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..shared.push_client import NodeCredentials, PushError, ServerClient
@@ -22,6 +23,7 @@ class NodeInsight:
         self.updates: set[str] = set()
         self.error: str | None = None
         self.order_note = ""
+        self.order_placed = False  # the last order made a transfer (its note can go once the advice shows it)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -31,7 +33,7 @@ class NodeInsight:
         return ServerClient(config.server_url, credentials, timeout=self.TIMEOUT, connect_timeout=self.CONNECT_TIMEOUT,
                             retries=0)
 
-    def _start(self, work) -> bool:
+    def _start(self, work: Callable[[], None]) -> bool:
         """Runs `work` in the background unless a read or an order runs already (then False)."""
         with self._lock:
             if self.busy():
@@ -63,8 +65,9 @@ class NodeInsight:
 
     def order(self, model_id: int, label: str) -> None:
         self.order_note = f"Ordering {label}..."  # before the thread starts: its answer comes after
+        self.order_placed = False
         if not self._start(lambda: self._order(model_id, label)):
-            self.order_note = f"Not ordered: the advice is being read; order {label} again when it shows."
+            self.order_note = f"Not ordered: a read or an order of the advice is under way; order {label} again."
 
     def _order(self, model_id: int, label: str) -> None:
         config = self.service.config()
@@ -74,4 +77,5 @@ class NodeInsight:
             self.order_note = f"**The order failed:** {exc}"
             return
         self.order_note = f"Transfer {answer.get('id')} of {label}: {answer.get('state')}."
+        self.order_placed = True
         self._read()

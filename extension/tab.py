@@ -402,9 +402,19 @@ class TabActions:
         yield self.insight_outputs(type_filter, text)
 
     def follow_insight(self, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, ...]]:
-        """Read the recommendations and the update badges in the background; yield the tab's parts while reading
-        and once read. An earlier order's note goes: the fresh advice shows where that transfer is."""
+        """Tab load and Refresh: read the recommendations and the update badges in the background; yield the tab's
+        parts while reading and once read. An earlier order's note goes."""
         self.insight.order_note = ""
+        yield from self._read_insight(type_filter, text)
+
+    def after_order(self, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, ...]]:
+        """Once an order's copies ended: the advice read again. The note goes only when the order made a transfer
+        (the advice shows where it is now); a note saying why nothing was ordered stays."""
+        if self.insight.order_placed:
+            self.insight.order_note = ""
+        yield from self._read_insight(type_filter, text)
+
+    def _read_insight(self, type_filter: str, text: str) -> Iterator[tuple[Any, ...]]:
         if not self.service.settings().server.url:
             yield self.insight_outputs(type_filter, text)
             return
@@ -415,6 +425,7 @@ class TabActions:
         """A place's button (its label is the input): order that place through the transfer API (only when this node
         takes transfers)."""
         model_id = self.orderable().get(choice or "")
+        self.insight.order_placed = False
         if not self.service.settings().allow_transfers:
             self.insight.order_note = "Transfers to this node are off (Settings > Model Sync)."
         elif model_id is None:
@@ -515,7 +526,7 @@ def build_tab(service: NodeService) -> gr.Blocks:
             ordered = button.click(actions.order_recommended, [button, *filters], insight_outputs)
             followed = ordered.then(actions.follow_transfers, None, [transfers, transfers_note], **unlimited(ordered.then))
             # once the copies ended: the models table with the new files, the status line, then the advice again
-            followed.then(actions.refresh_table, filters, table_outputs).then(actions.follow_insight, filters,
+            followed.then(actions.refresh_table, filters, table_outputs).then(actions.after_order, filters,
                                                                               insight_outputs)
         type_filter.change(actions.models_table, filters, [table])
         text_filter.change(actions.models_table, filters, [table])

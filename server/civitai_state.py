@@ -233,11 +233,18 @@ def attempts(db: sqlite_utils.Database, sha256: str) -> int:
     return (row[0] or 0) if row else 0
 
 
-def record_preview(db: sqlite_utils.Database, sha256: str, url: str, status: str, **details: Any) -> None:
+def record_preview_if_due(db: sqlite_utils.Database, sha256: str, url: str, status: str, **details: Any) -> bool:
+    """Record the attempt only while the model still waits for this image: no preview row came meanwhile (a node's
+    own wins) and its Civitai image is still `url` (a rejected match has none). False: nothing written."""
     with write_transaction(db):
+        if db.conn.execute("""SELECT 1 FROM models m WHERE m.hash_sha256 = ? AND m.civitai_image_url = ?
+                              AND NOT EXISTS (SELECT 1 FROM model_previews p WHERE p.sha256 = m.hash_sha256)""",
+                           [sha256, url]).fetchone() is None:
+            return False
         db.conn.execute(
             """INSERT OR REPLACE INTO model_previews (sha256, status, source_url, content_type, width, height, bytes, checked_at, error)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             [sha256, status, url, details.get("content_type"), details.get("width"), details.get("height"),
              details.get("bytes"), iso(utc_now()), details.get("error")],
         )
+    return True

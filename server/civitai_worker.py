@@ -13,9 +13,6 @@ import threading
 import time
 from typing import Any
 
-import sqlite_utils
-
-from modelsync.shared.catalog import write_transaction
 from modelsync.shared.civitai.client import CivitaiClient, ImageRejected
 
 from . import civitai_state as state
@@ -245,7 +242,7 @@ class CivitaiWorker:
         db = self.registry.db()
         try:
             data, content_type = self.client.download_image(url, set(self.config.civitai_image_hosts), self.config.preview_max_bytes)
-            stored = self.previews.store(db, sha256, data, lambda preview: self._record_preview(
+            stored = self.previews.store(db, sha256, data, lambda preview: state.record_preview_if_due(
                 db, sha256, url, "stored", content_type=content_type, width=preview.width, height=preview.height,
                 bytes=preview.bytes))
         except ImageRejected as exc:
@@ -253,11 +250,11 @@ class CivitaiWorker:
                 pause = self._back_off(exc.retry_after)
                 log.warning("Civitai: preview for %s failed (%s); trying again in %.0f s", sha256[:10], exc, pause)
                 return True
-            self._record_preview(db, sha256, url, "failed", error=str(exc)[:1000])
+            state.record_preview_if_due(db, sha256, url, "failed", error=str(exc)[:1000])
             log.info("Civitai: no preview for %s: %s", sha256[:10], exc)
             return True
         except PreviewError as exc:
-            self._record_preview(db, sha256, url, "failed", error=str(exc)[:1000])
+            state.record_preview_if_due(db, sha256, url, "failed", error=str(exc)[:1000])
             log.info("Civitai: no preview for %s: %s", sha256[:10], exc)
             return True
         if stored is None:
@@ -265,16 +262,3 @@ class CivitaiWorker:
         else:
             self.counts["previews"] += 1
         return True
-
-    @staticmethod
-    def _record_preview(db: sqlite_utils.Database, sha256: str, url: str, status: str, **details: Any) -> bool:
-        """Record the attempt only while the model still waits for this image: no preview row came meanwhile (a
-        node's own wins) and its Civitai image is still `url` (a rejected match has none). False: nothing written."""
-        with write_transaction(db):
-            still_due = db.conn.execute(
-                """SELECT 1 FROM models m WHERE m.hash_sha256 = ? AND m.civitai_image_url = ?
-                   AND NOT EXISTS (SELECT 1 FROM model_previews p WHERE p.sha256 = m.hash_sha256)""",
-                [sha256, url]).fetchone()
-            if still_due is not None:
-                state.record_preview(db, sha256, url, status, **details)
-        return still_due is not None

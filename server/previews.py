@@ -2,15 +2,14 @@
 
 A preview's file and its `model_previews` row change together, inside one write transaction: the Civitai worker, the
 nodes and an operator's rejection each decide on the row there, so one's check never meets another's write, and the
-file is always the one the row names."""
+file is the one the row names (only a COMMIT that fails after the file was replaced leaves it under the row before)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import sqlite_utils
-
 from modelsync.shared.atomic_write import write_atomic
 from modelsync.shared.catalog import write_transaction
 from modelsync.shared.images import ImageError, shrink_to_jpeg

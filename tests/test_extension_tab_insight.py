@@ -124,7 +124,7 @@ def test_the_tab_builds_hidden_order_buttons_each_clicked_with_its_own_label(hos
     assert all(set(buttons) <= set(f.outputs) for f in clicks)  # and updates every slot
     assert "Recommended model to copy to this node" not in [p.get("label") for p in components]  # no dropdown now
     # after a click: the transfers followed until they end, then the models table (the new files) and the advice again
-    assert all(chained_after(blocks, click) == ["follow_transfers", "refresh_table", "follow_insight"] for click in clicks)
+    assert all(chained_after(blocks, click) == ["follow_transfers", "refresh_table", "after_order"] for click in clicks)
 
 
 def test_a_button_per_place_and_a_click_orders_that_copy_for_this_node(host, central_server):  # noqa: F811
@@ -149,8 +149,8 @@ def test_a_button_per_place_and_a_click_orders_that_copy_for_this_node(host, cen
     assert [t["sha256"] for t in listed] == [sha("mid")]  # ordered with the node's own token (403 otherwise)
     assert "(transfer " in table["data"][0][4]  # the place now shows its transfer, and no button
     assert shown(buttons) == []
-    *_, again = list(actions.follow_insight())  # a fresh read (Refresh, a new page, the copies' end)
-    assert split(again)[4] == ""  # the order's note has gone: the advice shows where that transfer is
+    *_, after = list(actions.after_order())  # what the click's chain runs once the copies ended
+    assert split(after)[4] == ""  # the order's note has gone: the advice shows where that transfer is
 
 
 def test_more_places_than_buttons_the_note_sends_the_rest_to_the_dashboard(host, central_server):  # noqa: F811
@@ -185,6 +185,8 @@ def test_no_order_while_the_node_takes_no_transfers(host, central_server):  # no
     [done] = list(actions.order_recommended(label))
     _table, _note, buttons, _models, order_note = split(done)
     assert order_note.startswith("Transfers to this node are off") and buttons[0]["interactive"] is False
+    *_, after = list(actions.after_order())  # what the click's chain runs last: the reason why stays
+    assert split(after)[4].startswith("Transfers to this node are off")
     assert central_server.get("/api/v1/transfers", params={"server_id": NODE}).json()["transfers"] == []
 
 

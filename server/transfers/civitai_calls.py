@@ -5,7 +5,8 @@ worker's: while the fleet backs off they fail at once, and a 429 or a 5xx pauses
 1 s doubling to 30 s). A call whose turn is more than MAX_TURN_WAIT_SECONDS away is not made ("busy"): a request
 never holds a thread-pool thread for a queue of turns. By-hash answers (found or unknown) are kept per hash for a
 while, so a queue asking about the same job again costs Civitai nothing; checks asking about a hash while Civitai is
-being asked about it wait for that one call's answer.
+being asked about it wait for that one call's answer (at most as long as that call may take: its turn's wait and
+Civitai's timeout).
 """
 from __future__ import annotations
 
@@ -105,10 +106,10 @@ class CivitaiCalls:
                 return Lookup("busy", error="another check's look-up of this hash is still waiting for Civitai")
         try:
             found = self._ask(lambda: self.worker.client.by_hash(key))
-        except BaseException as error:
+        except BaseException as error:  # raised here; the waiters get an answer for now
             with self._lock:
                 del self._asking[key]
-            answer.set_exception(error)
+            answer.set_result(Lookup("unavailable", error=f"the look-up failed ({type(error).__name__})"))
             raise
         keep = self.cache_seconds if found.status != "unavailable" else min(self.cache_seconds, FAILED_CACHE_SECONDS)
         with self._lock:

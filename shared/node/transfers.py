@@ -214,7 +214,11 @@ class TransferRunner:
             transfer.thread = threading.Thread(target=self._run, args=(transfer,),
                                                name=f"modelsync-transfer-{order.transfer_id}", daemon=True)
             self.running[order.transfer_id] = transfer
-            transfer.thread.start()
+            try:
+                transfer.thread.start()
+            except RuntimeError:  # no thread to be had now: the order comes again at a later poll
+                del self.running[order.transfer_id]
+                raise
         return True
 
     # one transfer
