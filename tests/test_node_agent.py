@@ -60,7 +60,10 @@ class NodeProcess:
 
     @property
     def token(self) -> str:
-        return json.loads((self.data / "node_tokens.json").read_text())[self.node_id]
+        """The token the node stored at registration: the server lists the node before the node has written it."""
+        stored = self.data / "node_tokens.json"
+        wait_for(stored.exists, timeout=30)
+        return json.loads(stored.read_text())[self.node_id]
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
