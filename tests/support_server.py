@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -517,3 +518,14 @@ def serve_http(handler: type) -> Iterator[str]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(10)
+
+
+def registry_row(server: RunningServer, table: str, sha256: str) -> dict[str, Any] | None:
+    """The row of `table` for this SHA256, read from the server's SQLite file (what it committed)."""
+    conn = sqlite3.connect(server.db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute(f"SELECT * FROM {table} WHERE sha256 = ?", [sha256]).fetchone()
+    finally:
+        conn.close()
+    return dict(row) if row else None

@@ -115,21 +115,16 @@ def test_a_range_ignored_twice_restarts_from_zero(stub, model, dest):
     assert received.bytes_fetched >= len(model) + 2 * MIB  # the first 2 MiB twice
 
 
-def test_wrong_bytes_are_a_hash_mismatch_and_leave_nothing(stub, model, dest):
+@pytest.mark.parametrize("fault, extra, reason", [
+    ("wrong_bytes", {}, "hash_mismatch"),
+    ("too_long", {"extra": 2 * MIB}, "too_long"),  # past sizeKB * 1024 + 1 MiB: the stream is cut
+])
+def test_wrong_bytes_or_a_longer_stream_fail_and_leave_nothing(stub, model, dest, fault, extra, reason):
     version = stub.add_version(FIXTURE, data=model)
-    stub.script("wrong_bytes")
+    stub.script(fault, **extra)
     with pytest.raises(TransferFailed) as failed:
         receive(source_for(stub, version), str(dest), "m.safetensors", options=FAST)
-    assert failed.value.reason == "hash_mismatch"
-    nothing_in(dest)
-
-
-def test_a_longer_stream_is_cut_and_fails(stub, model, dest):
-    version = stub.add_version(FIXTURE, data=model)
-    stub.script("too_long", extra=2 * MIB)  # past sizeKB * 1024 + 1 MiB
-    with pytest.raises(TransferFailed) as failed:
-        receive(source_for(stub, version), str(dest), "m.safetensors", options=FAST)
-    assert failed.value.reason == "too_long"
+    assert failed.value.reason == reason
     nothing_in(dest)
 
 

@@ -5,7 +5,6 @@ always agree, and the one that must win does."""
 from __future__ import annotations
 
 import io
-import sqlite3
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
@@ -14,7 +13,7 @@ import pytest
 from PIL import Image
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
 from support_jobs import JobNode, sha256_of
-from support_server import make_server, wait_for  # noqa: F401  (fixtures)
+from support_server import make_server, registry_row, wait_for  # noqa: F401  (fixtures)
 from test_node_previews import FOUND, push_with_previews, write_preview
 
 HELD_SIZE = (40, 30)  # Civitai's image, unlike any node's below
@@ -89,13 +88,7 @@ def finish_held_download(server, node: JobNode, civitai_stub, held_image: HeldIm
 
 
 def preview_row(server, sha256: str) -> dict | None:
-    conn = sqlite3.connect(server.db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute("SELECT * FROM model_previews WHERE sha256 = ?", [sha256]).fetchone()
-    finally:
-        conn.close()
-    return dict(row) if row else None
+    return registry_row(server, "model_previews", sha256)
 
 
 def preview_file(server, sha256: str) -> Image.Image | None:

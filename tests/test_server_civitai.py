@@ -1,13 +1,12 @@
 """The Civitai worker in the real server against a local Civitai stand-in serving the real fixture responses."""
 import hashlib
 import io
-import sqlite3
 import time
 
 import pytest
 from PIL import Image
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_server import make_server, wait_for  # noqa: F401  (fixture)
+from support_server import make_server, registry_row, wait_for  # noqa: F401  (fixture)
 
 from modelsync.shared.inventory import Inventory, InventoryFile
 from modelsync.shared.push_client import NodeCredentials, ServerClient
@@ -40,13 +39,7 @@ def node_files(tmp_path, *contents: str) -> tuple[Inventory, list]:
 
 
 def lookup(server, sha256: str) -> dict | None:
-    conn = sqlite3.connect(server.db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        row = conn.execute("SELECT * FROM civitai_lookups WHERE sha256 = ?", [sha256]).fetchone()
-    finally:
-        conn.close()
-    return dict(row) if row else None
+    return registry_row(server, "civitai_lookups", sha256)
 
 
 def model_info(server, sha256: str) -> dict:
