@@ -2,13 +2,16 @@
 server, the source node `gpu-a` and the receiving node `gpu-b` (`modelsync node`), real .safetensors files.
 
 Both transfers write the one temp file named by the SHA256. The cancelled transfer learns of its cancel only at its
-next progress report, so while its source stalls it is still under way when the new order reaches the node: the new
-one must wait until the cancelled one has ended (and removed its temp file), then copy the model whole, and the
+next progress report, so while that report is on its way it is still under way when the new order reaches the node: the
+new one must wait until the cancelled one has ended (and removed its temp file), then copy the model whole, and the
 healthy source must not be excluded for "wrong bytes".
 
 gpu-a's file server sits behind a pass-through that holds every response of the model's file after HOLD_AFTER bytes
-until the test releases it (a stalled source); gpu-b talks to the central server through a pass-through that records
-its long-polls for orders, so the test knows when the node has had the new order and decided about it."""
+until the test releases it (a stalled source). gpu-b talks to the central server through a pass-through that records
+its long-polls for orders, so the test knows when the node has had the new order and decided about it, and that holds
+its progress reports at a gate while the test has it closed: the node may still be reading what the stalled source had
+already sent, and a report answered "cancelled" before the new order is decided would end the cancelled transfer too
+early for the test to see the new order wait."""
 from __future__ import annotations
 
 import contextlib
@@ -69,12 +72,13 @@ class StallingSource:
                             self.send_header(name, value)
                     self.end_headers()  # HTTP/1.0: the body ends when the connection closes
                     sent = 0
-                    for block in answer.raw.stream(64 * 1024, decode_content=False):
-                        if model_file and sent >= HOLD_AFTER and not source.release.is_set():
-                            source.holding.set()
-                            source.release.wait()
-                        self.wfile.write(block)
-                        sent += len(block)
+                    with contextlib.suppress(ConnectionError):  # the node hung up: a cancelled transfer, a stop
+                        for block in answer.raw.stream(64 * 1024, decode_content=False):
+                            if model_file and sent >= HOLD_AFTER and not source.release.is_set():
+                                source.holding.set()
+                                source.release.wait()
+                            self.wfile.write(block)
+                            sent += len(block)
 
             def log_message(self, *args) -> None:
                 pass
@@ -85,11 +89,13 @@ class StallingSource:
 
 class OrdersTap:
     """A pass-through to the central server that records a node's long-polls for orders: ("asked", None) when one
-    arrives, ("answered", transfer ids) when its answer goes back."""
+    arrives, ("answered", transfer ids) when its answer goes back. A progress report goes on to the central server
+    only through `report_gate`: once the test holds it, no report is on its way and every new one waits."""
 
     def __init__(self, central: RunningServer):
         self.central = central
         self.polls: list[tuple[str, list[int] | None]] = []
+        self.report_gate = threading.Lock()
 
     def asked_again_after_being_given(self, transfer_id: int) -> bool:
         """The node had `transfer_id` in an answer and then asked again: it has decided about that order."""
@@ -110,15 +116,18 @@ class OrdersTap:
                 if orders:
                     tap.polls.append(("asked", None))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                answer = requests.request(self.command, tap.central.base_url + self.path, data=data, headers=headers,
-                                          timeout=60)
+                gate = tap.report_gate if self.path.endswith("/progress") else contextlib.nullcontext()
+                with gate:
+                    answer = requests.request(self.command, tap.central.base_url + self.path, data=data,
+                                              headers=headers, timeout=60)
                 if orders and answer.status_code == 200:
                     tap.polls.append(("answered", [o["transfer_id"] for o in answer.json()["orders"]]))
                 self.send_response(answer.status_code)
                 self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
                 self.send_header("Content-Length", str(len(answer.content)))
                 self.end_headers()
-                self.wfile.write(answer.content)
+                with contextlib.suppress(ConnectionError):  # the node hung up: a stop during a long-poll
+                    self.wfile.write(answer.content)
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
@@ -154,17 +163,18 @@ def test_a_new_order_of_a_cancelled_transfers_model_waits_until_the_cancelled_on
                              headers=central.admin_headers).json()["id"]
         source.first_ended = lambda: f"transfer {first} was cancelled on the central server" in b.log()
         wait_for(source.holding.is_set, timeout=30)  # transfer 1 is under way, its source stalled
-        cancelled = central.delete(f"/api/v1/transfers/{first}", headers=central.admin_headers)
-        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
-        again = central.post("/api/v1/transfers", json={"server_id": "gpu-b", "sha256": big_sha},
-                             headers=central.admin_headers)
-        assert again.status_code == 201, again.text
-        second = again.json()["id"]
+        with tap.report_gate:  # transfer 1 hears of its cancel only once the new order has been decided
+            cancelled = central.delete(f"/api/v1/transfers/{first}", headers=central.admin_headers)
+            assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+            again = central.post("/api/v1/transfers", json={"server_id": "gpu-b", "sha256": big_sha},
+                                 headers=central.admin_headers)
+            assert again.status_code == 201, again.text
+            second = again.json()["id"]
 
-        # the node has had the new order and decided (it asks again), or it has started it at once (it fetches the file)
-        wait_for(lambda: tap.asked_again_after_being_given(second) or len(source.requests) > 1, timeout=30)
-        assert len(source.requests) == 1, "transfer 2 fetched the file while transfer 1 was still writing it"
-        assert not source.first_ended()
+            # the node has had the new order and decided (it asks again), or started it at once (it fetches the file)
+            wait_for(lambda: tap.asked_again_after_being_given(second) or len(source.requests) > 1, timeout=30)
+            assert len(source.requests) == 1, "transfer 2 fetched the file while transfer 1 was still writing it"
+            assert not source.first_ended()
 
         source.release.set()
         done = wait_for(lambda: (t := transfer(central, second))["state"] in ("done", "failed") and t, timeout=60)
