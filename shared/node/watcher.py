@@ -46,6 +46,21 @@ def is_relevant_change(change: int, path: str) -> bool:
     return os.path.isdir(path) if change == ADDED else change == DELETED
 
 
+FileStates = dict[str, tuple[int, int] | None]  # path -> (size, mtime_ns), None when it is not there
+UNSEEN = ()  # no path's state
+
+
+def file_states(paths: Iterable[str]) -> FileStates:
+    found: FileStates = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+            found[path] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            found[path] = None
+    return found
+
+
 def file_system_of(path: str, mounts: Iterable[tuple[str, str]]) -> str | None:
     """The type of the file system holding `path`: the longest mount point that contains it."""
     real = os.path.realpath(path)
@@ -97,6 +112,7 @@ class FolderWatcher:
         self.quiet_ms = max(quiet_ms, QUIET_MS)
         self.stopped = threading.Event()
         self.failure: str | None = None  # why watching stopped early (the timer goes on)
+        self._acted: FileStates = {}  # the last batch acted on, as it was then
         self._thread: threading.Thread | None = None
         for folder, why in self.plan.timer_only.items():
             log.info("not watching %s (%s); it is re-scanned on the timer", folder, why)
@@ -111,28 +127,18 @@ class FolderWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _settled(self, paths: set[str]) -> bool:
-        """Wait until the changed files have kept their size and mtime for `quiet_ms` (a copy in progress goes on
+    def _settled(self, paths: set[str]) -> FileStates | None:
+        """The changed files' size and mtime once they have kept them for `quiet_ms` (a copy in progress goes on
         changing them; watchfiles reports each path once per batch however often it is written), at most
-        MAX_GROUP_MS. False when the watcher is stopped meanwhile."""
-        def state() -> dict[str, tuple[int, int] | None]:
-            found: dict[str, tuple[int, int] | None] = {}
-            for path in paths:
-                try:
-                    st = os.stat(path)
-                    found[path] = (st.st_size, st.st_mtime_ns)
-                except OSError:
-                    found[path] = None
-            return found
-
+        MAX_GROUP_MS. None when the watcher is stopped meanwhile."""
         deadline = time.monotonic() + MAX_GROUP_MS / 1000
-        last = state()
+        last = file_states(paths)
         while not self.stopped.wait(self.quiet_ms / 1000):
-            now = state()
+            now = file_states(paths)
             if now == last or time.monotonic() > deadline:
-                return True
+                return now
             last = now
-        return False
+        return None
 
     def _run(self) -> None:
         try:
@@ -145,9 +151,12 @@ class FolderWatcher:
             for changes in watchfiles.watch(*self.plan.watched, watch_filter=is_relevant_change,
                                             debounce=self.quiet_ms, stop_event=self.stopped, raise_interrupt=False,
                                             rust_timeout=1000, yield_on_timeout=False):
-                paths = {path for _change, path in changes}
-                if paths and self._settled(paths):
-                    self.on_change(paths)
+                settled = self._settled({path for _change, path in changes})
+                # the writes made while the last batch settled come again as a batch of their own: not a change now
+                changed = {path for path, state in (settled or {}).items() if self._acted.get(path, UNSEEN) != state}
+                if changed:
+                    self.on_change(changed)
+                    self._acted = settled
         except (OSError, RuntimeError) as exc:  # e.g. the inotify watch limit: the timed re-scan carries on
             self.failure = str(exc)
             log.warning("file watching stopped (%s); model folders are re-scanned on the timer only", exc)
