@@ -35,6 +35,7 @@ def browser() -> Iterator[Any]:
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (tests/run.sh installs it when run as root)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed (pip install -e .[test])")
+    sync_api.expect.set_options(timeout=15_000)  # as the pages' own default: expect() waits 5 s unless told
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield browser

@@ -208,9 +208,9 @@ def wait_until_healthy(server: RunningServer, process: subprocess.Popen, timeout
         if process.poll() is not None:
             raise RuntimeError(f"the server exited with {process.returncode}; see {server.data_path / 'server.log'}")
         try:
-            if requests.get(server.url("/api/v1/health"), timeout=1).status_code == 200:
+            if requests.get(server.url("/api/v1/health"), timeout=(1, 5)).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or slow to answer its first request
             pass
         time.sleep(0.05)
     raise RuntimeError("the server did not answer /api/v1/health in time")

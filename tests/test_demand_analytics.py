@@ -184,7 +184,7 @@ def age_demand(server) -> str:
     return last
 
 
-def clear_of_the_hour_turn(margin_seconds: float = 10.0) -> None:
+def clear_of_the_hour_turn(margin_seconds: float = 60.0) -> None:
     """Demand is counted in UTC hours: close to the next hour, wait until just past it, so that what a test records
     next falls in one hour and that hour is still running when the test reads it."""
     now = datetime.now(timezone.utc)

@@ -247,7 +247,7 @@ def test_app_start_returns_at_once_and_the_start_up_sync_runs_in_the_background(
     host.opts.modelsync_node_id = "gpu-08"
     started = time.monotonic()
     host.start_app(None, None)  # API-only mode: demo is None
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 25  # a start that waited for its push would wait the push's 30 s
     start_returned.set()
     service = forge_callbacks.service()
     assert service.start_background() is service.start_background()  # started once

@@ -2,9 +2,13 @@
 the host's FastAPI app (run by uvicorn on a loopback port), the host's model lists refreshed after a copy but never
 while it generates, the tab's transfers with their progress, and the status line's warning about a files URL peers
 cannot reach. The fleet test runs the real central server, a source node serving from the extension's route and the
-destination node of the stand-in host."""
+destination node of the stand-in host. The source's app sits behind a hold that stalls the LoRA's copy midway until
+the test has seen the tab show it under way."""
+import asyncio
 import hashlib
+import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import model_factory
@@ -26,12 +30,14 @@ from modelsync.shared.transfer.protocol import (
     file_url,
 )
 from modelsync.shared.transfer.receiver import receive
+from starlette.types import ASGIApp, Receive, Scope, Send
 from support_forge_host import forge_host
 from support_server import central_server, wait_for  # noqa: F401  (fixture)
 from support_transfer import tampered, write_large_safetensors
 
 TOKEN = "forge-a-token-for-the-tests-0123456789"
 MIB = 1024 * 1024
+HOLD_AFTER = MIB  # body bytes of the held model's file a response sends before it stalls (the copy is 3 MiB)
 
 
 def sha256_of(path: Path) -> str:
@@ -56,7 +62,35 @@ def webui_of(host) -> Path:
     return Path(host.modules["modules.paths"].data_path)
 
 
-def serve(app: FastAPI) -> FileServer:
+@dataclass
+class HeldSource:
+    """An ASGI layer in front of a node's app: a response of the model `sha256`'s file stalls after HOLD_AFTER body
+    bytes until `release` is set (`holding` tells it has stalled); every other request passes as it is."""
+    app: ASGIApp
+    sha256: str
+    release: threading.Event = field(default_factory=threading.Event)
+    holding: threading.Event = field(default_factory=threading.Event)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != FILES_PATH + self.sha256:
+            await self.app(scope, receive, send)
+            return
+        sent = 0
+
+        async def held_send(message: dict) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.body":
+                if sent >= HOLD_AFTER and not self.release.is_set():
+                    self.holding.set()
+                    while not self.release.is_set():  # polled: the server's loop stays free and its stop can cancel
+                        await asyncio.sleep(0.05)
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, held_send)
+
+
+def serve(app: ASGIApp) -> FileServer:
     server = FileServer(app, "127.0.0.1", 0)
     server.start()
     wait_for(lambda: server.server.started, timeout=10)
@@ -154,8 +188,9 @@ def test_the_status_line_warns_when_peers_cannot_reach_the_files_url(host):
     assert "Warning" not in node.status_line()
 
 
-def source_node(tmp_path: Path, server_url: str) -> tuple[NodeService, FileServer, dict[str, Path]]:
-    """Another node running the extension's engine and route (its own app), holding what the host lacks."""
+def source_node(tmp_path: Path, server_url: str) -> tuple[NodeService, FileServer, dict[str, Path], HeldSource]:
+    """Another node running the extension's engine and route (its own app, behind a hold of the LoRA's file),
+    holding what the host lacks."""
     folders = {role: tmp_path / "source" / name for role, name in
                (("lora", "Lora"), ("checkpoint", "Stable-diffusion"), ("embedding", "embeddings"))}
     files = {
@@ -164,18 +199,29 @@ def source_node(tmp_path: Path, server_url: str) -> tuple[NodeService, FileServe
         "embedding": model_factory.write_embedding(folders["embedding"] / "ink.safetensors"),
     }
     app = FastAPI()
-    server = serve(app)
+    hold = HeldSource(app, sha256_of(files["lora"]))
+    server = serve(hold)
     settings = NodeSettings(server_url=server_url, node_id="forge-src", files_url=f"http://127.0.0.1:{server.port}",
                             allow_transfers=False, watch_folders=False)
     node = NodeService(tmp_path / "source-data", lambda: settings, lambda extra: [Root(str(p), r) for r, p in folders.items()])
     node.register_files_route(app)
     assert node.scan_and_push(True) is not None and node.push_status.last_push is not None
-    return node, server, files
+    return node, server, files, hold
+
+
+def lora_under_way(seen: list[tuple[dict, str]]) -> list[list[str]]:
+    """The tab's rows that showed the LoRA's copy running."""
+    return [row for table, _note in seen for row in table["data"]
+            if row and row[0] == "big-style.safetensors" and row[1] == "running"]
+
+
+def with_progress(row: list[str]) -> bool:
+    return "%" in row[2] and row[3].endswith("/s") and row[4].endswith(" s")
 
 
 def test_a_copy_lands_in_the_host_folders_the_host_lists_refresh_after_its_generation_and_the_tab_shows_progress(
         central_server, host, tmp_path):  # noqa: F811
-    source, source_server, files = source_node(tmp_path, central_server.base_url)
+    source, source_server, files, hold = source_node(tmp_path, central_server.base_url)
     try:
         for key, value in {"server_url": central_server.base_url, "node_id": "forge-dst", "max_transfers": 1,
                            "bandwidth_mb": 1, "watch_folders": False}.items():
@@ -197,13 +243,21 @@ def test_a_copy_lands_in_the_host_folders_the_host_lists_refresh_after_its_gener
                                                   headers=admin, timeout=10)
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
 
+        wait_for(hold.holding.is_set, timeout=60)  # the LoRA's copy is under way, its source stalled midway
         actions = TabActions(node)
         actions.refresh_table()
-        seen = list(actions.follow_transfers())  # follows until none is under way
-        running = [row for table, _note in seen for row in table["data"]
-                   if row and row[0] == "big-style.safetensors" and row[1] == "running"]
+        following = actions.follow_transfers()  # follows until none is under way
+        seen = []
+        deadline = time.monotonic() + 30  # well within the receiver's 60 s read timeout
+        for shown in following:  # read about once a second while the copy is held
+            seen.append(shown)
+            if any(with_progress(row) for row in lora_under_way(seen)) or time.monotonic() > deadline:
+                break
+        hold.release.set()
+        seen.extend(following)
+        running = lora_under_way(seen)
         assert running, "the tab never showed the LoRA's copy under way"
-        assert any("%" in row[2] and row[3].endswith("/s") and row[4].endswith(" s") for row in running)
+        assert any(with_progress(row) for row in running)
         assert all(row[5] == "forge-src" for row in running)
         final, note = seen[-1]
         assert final["headers"] == TRANSFER_HEADERS
@@ -235,6 +289,7 @@ def test_a_copy_lands_in_the_host_folders_the_host_lists_refresh_after_its_gener
             "force_reload": True, "sync_with_sd_model": False}
         assert not node.refresher.waiting_for_host
     finally:
+        hold.release.set()  # never leave a response held, whatever failed
         source.stop(5)
         source_server.stop()
 

@@ -100,6 +100,8 @@ def test_410_disables_the_endpoint_and_a_retry_enables_it_again(make_server):
         failed = deliveries(server, hook["id"], state="failed")["deliveries"]
         assert [d["last_status"] for d in failed] == [410]
         ask_for_missing(server, "while-disabled.safetensors")  # a disabled endpoint gets no new events
+        wait_for(lambda: any(w["reference"] == "while-disabled.safetensors"  # the check's bookkeeping is done
+                             for w in server.get("/api/v1/models/wanted").json()["wanted"]))
         assert deliveries(server, hook["id"])["total"] == 1
         r = server.post(f"/api/v1/webhooks/{hook['id']}/deliveries/{failed[0]['id']}/retry", headers=server.admin_headers)
         assert r.status_code == 200, r.text

@@ -53,12 +53,13 @@ def of_type(receiver: Receiver, event_type: str) -> list:
 
 
 def test_a_node_going_silent_is_judged_offline_by_the_clock_and_online_when_heard_again(make_server, tmp_path):
-    server = make_server(offline_after_seconds=5.0, **CLOCK)  # the clock must see it online first, on a loaded machine too
+    server = make_server(offline_after_seconds=5.0, **CLOCK)
     with webhook_receiver() as receiver:
         create_webhook(server, receiver, ["node.offline", "node.online"])
         node = Node(server, tmp_path, "node-a")
         node.heartbeat(display_name="Node A")
-        wait_for(lambda: _watched(server) == {"node-a": 1})  # the clock has seen it online (first sight: no event)
+        with heartbeating(node):  # until the clock has seen it online (first sight: no event), however loaded
+            wait_for(lambda: _watched(server) == {"node-a": 1})
         # no request at all from here on: only the server's clock can tell
         offline = receiver.wait_for(lambda e: e.type == "node.offline")
         assert offline.data["server_id"] == "node-a" and offline.data["display_name"] == "Node A"
