@@ -144,6 +144,23 @@ def test_a_file_still_being_written_is_acted_on_once_the_folder_is_quiet(tmp_pat
     assert collector.calls == [{str(tmp_path / "big.safetensors")}, {str(tmp_path / "later.safetensors")}]
 
 
+def test_a_chmod_of_the_file_just_acted_on_is_a_change(tmp_path):
+    """Its size and mtime stay: an unreadable file made readable must still be scanned again."""
+    collector = Collector()
+    watcher = FolderWatcher([str(tmp_path)], collector)
+    watcher.start()
+    try:
+        watch_in_place(collector, tmp_path)
+        hero = model_factory.write_lora(tmp_path / "hero.safetensors")
+        assert wait_until(collector.event)
+        collector.event.clear()
+        hero.chmod(0o600)
+        assert wait_until(collector.event)
+    finally:
+        watcher.stop()
+    assert collector.calls == [{str(hero)}, {str(hero)}]
+
+
 def test_without_the_watchfiles_package_the_timer_carries_on(tmp_path, monkeypatch, caplog):
     import sys
 

@@ -46,7 +46,7 @@ def is_relevant_change(change: int, path: str) -> bool:
     return os.path.isdir(path) if change == ADDED else change == DELETED
 
 
-FileStates = dict[str, tuple[int, int] | None]  # path -> (size, mtime_ns), None when it is not there
+FileStates = dict[str, tuple[int, int, int] | None]  # path -> (size, mtime_ns, ctime_ns), None when it is not there
 UNSEEN = ()  # no path's state
 
 
@@ -55,7 +55,7 @@ def file_states(paths: Iterable[str]) -> FileStates:
     for path in paths:
         try:
             st = os.stat(path)
-            found[path] = (st.st_size, st.st_mtime_ns)
+            found[path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: a chmod or touch is a change too
         except OSError:
             found[path] = None
     return found
@@ -128,7 +128,7 @@ class FolderWatcher:
             self._thread.join(timeout)
 
     def _settled(self, paths: set[str]) -> FileStates | None:
-        """The changed files' size and mtime once they have kept them for `quiet_ms` (a copy in progress goes on
+        """The changed files' states once they have kept them for `quiet_ms` (a copy in progress goes on
         changing them; watchfiles reports each path once per batch however often it is written), at most
         MAX_GROUP_MS. None when the watcher is stopped meanwhile."""
         deadline = time.monotonic() + MAX_GROUP_MS / 1000
