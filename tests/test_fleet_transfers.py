@@ -6,10 +6,13 @@ holder can run the job), gives the same transfers when asked again, and soon ans
 files in its role folders with the right SHA256; an admin's copy shows done in the list and never a grant. Faults: the
 source killed mid-transfer (waiting_source, retry_later once it is offline; resumed from the temp file when it is back),
 the central server restarted mid-transfer and the receiving node restarted mid-transfer (each: the copy completes,
-resumed, not started over)."""
+resumed, not started over). The receiving node talks to the central server through a pass-through (CentralTap) that
+holds its progress report at a gate around each fault, so the transfer is surely under way when it strikes."""
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import signal
 import threading
 import time
@@ -18,10 +21,12 @@ from pathlib import Path
 
 import model_factory
 import pytest
+import requests
 import support_server
 from modelsync.shared.transfer.partfiles import part_name
-from support_server import RunningServer, server_process, wait_for
+from support_server import RunningServer, serve_http, server_process, wait_for
 from test_node_agent import (
+    ReportGate,
     big_lora,
     held_by,
     node_process,
@@ -31,6 +36,7 @@ from test_node_agent import (
 
 pytestmark = pytest.mark.timeout(300)
 
+HOP_BY_HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length"})
 OFFLINE_AFTER = 10.0  # seconds without a heartbeat (the agents beat every second; a push holds the beat)
 SLOW = ("--bandwidth", "8MB/s")  # a 64 MiB copy takes about 8 s: long enough to stop something midway
 
@@ -99,6 +105,52 @@ class Watch:
             self._thread.join(5)
 
 
+class CentralTap:
+    """A pass-through from a node to the central server at `central_url` (kept across a restart on the same port).
+    Progress reports go on only through `gate`. While the central server is down the node's request is dropped
+    unanswered, as the server's own port would drop it."""
+
+    def __init__(self, central_url: str):
+        self.central_url = central_url
+        self.gate = ReportGate()
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[str]:
+        tap = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                if self.command == "POST" and path.endswith("/progress"):
+                    tap.gate.pass_report(int(path.split("/")[-2]), json.loads(data))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                try:
+                    answer = requests.request(self.command, tap.central_url + self.path, data=data, headers=headers,
+                                              timeout=60)
+                except requests.RequestException:  # the central server is down
+                    self.close_connection = True
+                    return
+                self.send_response(answer.status_code)
+                for name in ("Content-Type", "Retry-After"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                with contextlib.suppress(ConnectionError):  # the node hung up: a stop during a long-poll
+                    self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+            def log_message(self, *args) -> None:
+                pass
+
+        with serve_http(Handler) as base_url:
+            yield base_url
+
+
 def test_fulfil_copies_a_lora_and_a_checkpoint_to_the_node_that_lacks_them(tmp_path):
     a_models, b_models = models_tree(tmp_path / "a"), models_tree(tmp_path / "b")
     lora = model_factory.write_lora(a_models / "Lora" / "styles" / "ink.safetensors")
@@ -163,15 +215,18 @@ def test_the_source_killed_mid_transfer_waits_then_resumes_from_the_temp_file_wh
     a_data = tmp_path / "gpu-a-data"
     with server_process(tmp_path / "central", offline_after_seconds=OFFLINE_AFTER) as central, \
             contextlib.ExitStack() as stack:
+        tap = CentralTap(central.base_url)
+        tap_url = stack.enter_context(tap.serving())
         a = stack.enter_context(node_process(tmp_path, "gpu-a", central.base_url, *roles(a_models), data=a_data))
-        b = stack.enter_context(node_process(tmp_path, "gpu-b", central.base_url, *roles(b_models), extra=SLOW))
+        b = stack.enter_context(node_process(tmp_path, "gpu-b", tap_url, *roles(b_models), extra=SLOW))
         wait_for(lambda: big_sha in held_by(central, "gpu-a") and online(central, "gpu-b"), timeout=60)
-        answer = check(central, "gpu-b", job("big"))
-        assert (answer["ok"], answer["action"]) == (False, "route_elsewhere")
-        (ordered,) = answer["transfers"]
-        watch = stack.enter_context(Watch(central, ordered["id"]).watching())
-        wait_for(lambda: transfer(central, ordered["id"])["bytes_done"] > size // 5, timeout=30)
-        assert a.stop(signal.SIGKILL) == -signal.SIGKILL
+        with tap.gate.closed(from_bytes=size // 5 + 1):  # the transfer waits for the answer to that report meanwhile
+            answer = check(central, "gpu-b", job("big"))
+            assert (answer["ok"], answer["action"]) == (False, "route_elsewhere")
+            (ordered,) = answer["transfers"]
+            watch = stack.enter_context(Watch(central, ordered["id"]).watching())
+            wait_for(lambda: tap.gate.holding(ordered["id"]), timeout=30)
+            assert a.stop(signal.SIGKILL) == -signal.SIGKILL
 
         waiting = wait_for(lambda: (t := transfer(central, ordered["id"]))["state"] == "waiting_source" and t, timeout=30)
         assert waiting["reason"] in ("source_gone", "no_online_holder")
@@ -186,7 +241,7 @@ def test_the_source_killed_mid_transfer_waits_then_resumes_from_the_temp_file_wh
 
         # the receiving node restarts while it waits for a source: its temp file is no orphan
         assert b.stop() == 0
-        b = stack.enter_context(node_process(tmp_path, "gpu-b", central.base_url, *roles(b_models), extra=SLOW))
+        b = stack.enter_context(node_process(tmp_path, "gpu-b", tap_url, *roles(b_models), extra=SLOW))
         wait_for(lambda: b.log().count("orphaned temp files removed") == 2, timeout=30)  # the log spans both starts
         assert (b_models / "Lora" / part_name(big_sha)).stat().st_size == kept
 
@@ -221,19 +276,23 @@ def test_a_central_server_restart_and_a_receiving_node_restart_mid_transfer_lose
     with contextlib.ExitStack() as stack:
         central = stack.enter_context(central_on(port, tmp_path / "central"))
         admin = central.admin_token
+        tap = CentralTap(central.base_url)
+        tap_url = stack.enter_context(tap.serving())
         a = stack.enter_context(node_process(tmp_path, "gpu-a", central.base_url, *roles(a_models)))
-        b = stack.enter_context(node_process(tmp_path, "gpu-b", central.base_url, *roles(b_models), extra=SLOW, data=b_data))
+        b = stack.enter_context(node_process(tmp_path, "gpu-b", tap_url, *roles(b_models), extra=SLOW, data=b_data))
         wait_for(lambda: len(held_by(central, "gpu-a")) == 2 and online(central, "gpu-b"), timeout=60)
 
         # the central server restarts mid-transfer: the order and its progress are kept, the copy completes
-        ordered = central.post("/api/v1/transfers", json={"server_id": "gpu-b", "sha256": sha256_of(first)},
-                               headers=central.admin_headers).json()
-        wait_for(lambda: transfer(central, ordered["id"])["bytes_done"] > 0, timeout=30)
-        central.process.send_signal(signal.SIGTERM)
-        central.process.wait(30)
-        down_at = (b_models / "Lora" / part_name(sha256_of(first))).stat().st_size
-        time.sleep(2)
-        central = stack.enter_context(central_on(port, tmp_path / "central", admin))
+        with tap.gate.closed(from_bytes=1024 * 1024):  # the first report goes on; a later one waits out the restart
+            ordered = central.post("/api/v1/transfers", json={"server_id": "gpu-b", "sha256": sha256_of(first)},
+                                   headers=central.admin_headers).json()
+            wait_for(lambda: transfer(central, ordered["id"])["bytes_done"] > 0, timeout=30)
+            wait_for(lambda: tap.gate.holding(ordered["id"]), timeout=30)
+            central.process.send_signal(signal.SIGTERM)
+            central.process.wait(30)
+            down_at = (b_models / "Lora" / part_name(sha256_of(first))).stat().st_size
+            time.sleep(2)
+            central = stack.enter_context(central_on(port, tmp_path / "central", admin))
         assert transfer(central, ordered["id"])["state"] in ("running", "verifying", "done")
         done = wait_for(lambda: (t := transfer(central, ordered["id"]))["state"] == "done" and t, timeout=60)
         assert done["source"]["server_id"] == "gpu-a" and sha256_of(b_models / "Lora" / "first.safetensors") == sha256_of(first)
@@ -242,18 +301,22 @@ def test_a_central_server_restart_and_a_receiving_node_restart_mid_transfer_lose
         assert [t["id"] for t in listed["transfers"]] == [ordered["id"]]  # no second copy ordered meanwhile
 
         # the receiving node restarts mid-transfer: it resumes from its temp file
-        ordered = central.post("/api/v1/transfers", json={"server_id": "gpu-b", "sha256": sha256_of(second)},
-                               headers=central.admin_headers).json()
-        watch = stack.enter_context(Watch(central, ordered["id"]).watching())
-        wait_for(lambda: transfer(central, ordered["id"])["bytes_done"] > second.stat().st_size // 5, timeout=30)
-        assert b.stop() == 0
+        with tap.gate.closed(from_bytes=second.stat().st_size // 5 + 1):  # the transfer waits meanwhile
+            ordered = central.post("/api/v1/transfers", json={"server_id": "gpu-b", "sha256": sha256_of(second)},
+                                   headers=central.admin_headers).json()
+            watch = stack.enter_context(Watch(central, ordered["id"]).watching())
+            wait_for(lambda: tap.gate.holding(ordered["id"]), timeout=30)
+            stops = b.log().count(": stopping")
+            b.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: b.log().count(": stopping") > stops, timeout=30)  # the stop cancels the transfer first
+        assert b.stop() == 0  # the report goes on and is answered; the transfer sees its cancel
         temp = b_models / "Lora" / part_name(sha256_of(second))
         kept = temp.stat().st_size
         assert 0 < kept < second.stat().st_size
         reported = transfer(central, ordered["id"])["bytes_done"]
         assert 8 * 1000**2 < reported <= kept
         back = time.monotonic()
-        stack.enter_context(node_process(tmp_path, "gpu-b", central.base_url, *roles(b_models), extra=SLOW, data=b_data))
+        stack.enter_context(node_process(tmp_path, "gpu-b", tap_url, *roles(b_models), extra=SLOW, data=b_data))
         wait_for(lambda: transfer(central, ordered["id"])["state"] == "done", timeout=60)
         assert sha256_of(b_models / "Lora" / "second.safetensors") == sha256_of(second) and not temp.exists()
         resumed = watch.running_since(back)

@@ -2,7 +2,8 @@
 with grants, re-scans after a change, an unchanged re-scan that pushes nothing, SIGTERM), and the transfer loop
 against a stand-in of the two transfer endpoints (orders, progress) that passes every other request on to the real
 central server: a copy from a peer, another source when one stops mid-transfer, a stop and a resume, a cancel, and
-orphaned temp files removed at start-up."""
+orphaned temp files removed at start-up. "Mid-transfer" is made sure of, not hoped for: the stand-in holds the
+transfer's progress report at a gate while the source is killed or the node stopped (ReportGate)."""
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +25,7 @@ import model_factory
 import numpy as np
 import pytest
 import requests
+from modelsync.shared.node.client import REPORT_TIMEOUT_SECONDS
 from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.protocol import GRANT_HEADER, NODE_HEADER, file_url
@@ -120,10 +122,11 @@ def test_a_node_registers_pushes_heartbeats_serves_by_grant_rescans_and_stops(tm
     first = model_factory.write_lora(lora / "first.safetensors")
     with server_process(tmp_path / "central") as central, \
             node_process(tmp_path, "gpu-a", central.base_url, f"lora={lora}") as node:
-        entry = wait_for(lambda: (e := server_entry(central, "gpu-a")) and e["file_count"] == 1 and e["last_heartbeat"] and e)
+        entry = wait_for(lambda: (e := server_entry(central, "gpu-a")) and e["file_count"] == 1 and e["last_heartbeat"] and e,
+                         timeout=60)  # a cold start: imports, registration, a scan, hashing, a push, a heartbeat
         assert held_by(central, "gpu-a") == {sha256_of(first)}
         heartbeats = entry["last_heartbeat"]
-        wait_for(lambda: server_entry(central, "gpu-a")["last_heartbeat"] != heartbeats, timeout=10)
+        wait_for(lambda: server_entry(central, "gpu-a")["last_heartbeat"] != heartbeats, timeout=30)
 
         sha = sha256_of(first)
         url = file_url(node.files_url, sha)
@@ -158,6 +161,40 @@ def test_a_node_registers_pushes_heartbeats_serves_by_grant_rescans_and_stops(tm
         assert "stopped" in node.log() and "Traceback" not in node.log()
 
 
+class ReportGate:
+    """Holds a node's `running` progress reports (of at least `from_bytes` bytes) while the test has the gate closed.
+    The node's receiver reports synchronously, so while its report waits here the transfer reads nothing more: it can
+    neither finish nor hear of a stop or a cancel until the gate opens. A report waits at most HOLD_SECONDS, less than
+    the node waits for its answer: a node that gave up on a report would carry on and send it again, and a stale copy
+    would reach the server after newer ones. A node still held then sends its next report, held in turn."""
+    HOLD_SECONDS = REPORT_TIMEOUT_SECONDS - 3  # the margin: passing the report on and its answer back
+
+    def __init__(self):
+        self._open = threading.Event()
+        self._open.set()
+        self.from_bytes = 1
+        self.held: list[tuple[int, dict]] = []  # (transfer id, report) that waited at the gate while it was closed
+
+    @contextlib.contextmanager
+    def closed(self, from_bytes: int = 1) -> Iterator[ReportGate]:
+        self.from_bytes, self.held = from_bytes, []
+        self._open.clear()
+        try:
+            yield self
+        finally:
+            self._open.set()
+
+    def holding(self, transfer_id: int) -> dict | None:
+        """A report of the transfer that came to the gate while it was closed: it waits there until the gate opens."""
+        return next((body for tid, body in self.held if tid == transfer_id), None)
+
+    def pass_report(self, transfer_id: int, body: dict) -> None:
+        """Returns once the report may go on (at once unless the gate is closed and it is a `running` report)."""
+        if body.get("state") == "running" and body.get("bytes_done", 0) >= self.from_bytes and not self._open.is_set():
+            self.held.append((transfer_id, body))
+            self._open.wait(self.HOLD_SECONDS)
+
+
 class OrderDesk:
     """The central server's two transfer endpoints as the contract gives them (`GET .../transfers/orders` with a
     long-poll and `running`, `POST /api/v1/transfers/{id}/progress`), held in the test; every other request is passed
@@ -172,6 +209,7 @@ class OrderDesk:
         self.reports: list[tuple[int, dict]] = []
         self.cancel: set[int] = set()
         self.changed = threading.Condition()
+        self.gate = ReportGate()
 
     def order(self, transfer_id: int, destination: str, order: dict) -> None:
         with self.changed:
@@ -230,7 +268,9 @@ class OrderDesk:
                 if parts[-2:] == ["transfers", "orders"] and self.command == "GET":
                     return self._answer(200, json.dumps(desk._orders(parts[3], parse_qs(url.query))).encode())
                 if parts[:3] == ["api", "v1", "transfers"] and parts[-1] == "progress":
-                    return self._answer(200, json.dumps(desk._progress(int(parts[3]), json.loads(data))).encode())
+                    report = json.loads(data)
+                    desk.gate.pass_report(int(parts[3]), report)
+                    return self._answer(200, json.dumps(desk._progress(int(parts[3]), report)).encode())
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type",
                                                                                   "content-encoding", "accept")}
                 answer = requests.request(self.command, desk.central.base_url + self.path, data=data, headers=headers,
@@ -272,7 +312,7 @@ def test_a_node_copies_an_ordered_lora_from_a_peer_another_source_after_a_stop_a
         b_data = tmp_path / "gpu-b-data"
         b = stack.enter_context(node_process(tmp_path, "gpu-b", desk_url, f"lora={b_lora}", extra=slow, data=b_data))
         wait_for(lambda: all(server_entry(central, n) for n in ("gpu-a", "gpu-b", "gpu-c")), timeout=30)
-        wait_for(lambda: not orphan.exists(), timeout=10)  # removed once the server told which transfers stand
+        wait_for(lambda: not orphan.exists(), timeout=30)  # removed once the server told which transfers stand
 
         # a copy from a peer, into the role folder under the source's relative name, not hashed again
         desk.order(1, "gpu-b", peer_order(1, small_sha, small.stat().st_size, "style/small.safetensors", "lora", "gpu-b", a))
@@ -284,9 +324,11 @@ def test_a_node_copies_an_ordered_lora_from_a_peer_another_source_after_a_stop_a
         assert f"{copied}: hashes from catalog" in b.log() and f"{copied}: hashed" not in b.log()
 
         # the source stops mid-transfer: the next source of the order, from the bytes on disk
-        desk.order(2, "gpu-b", peer_order(2, big_sha, big.stat().st_size, "big.safetensors", "lora", "gpu-b", a, c))
-        wait_for(lambda: any(r["state"] == "running" and r["bytes_done"] > 0 for r in desk.reported(2)), timeout=30)
-        assert a.stop(signal.SIGKILL) == -signal.SIGKILL  # the source vanishes
+        # the transfer waits for the answer to a report of some MB (so a start over would show) while its source is killed
+        with desk.gate.closed(from_bytes=1024 * 1024):
+            desk.order(2, "gpu-b", peer_order(2, big_sha, big.stat().st_size, "big.safetensors", "lora", "gpu-b", a, c))
+            wait_for(lambda: desk.gate.holding(2), timeout=30)
+            assert a.stop(signal.SIGKILL) == -signal.SIGKILL  # the source vanishes
         done = wait_for(lambda: [r for r in desk.reported(2) if r["state"] == "done"], timeout=90)[0]
         failed = [r for r in desk.reported(2) if r["state"] == "failed"]
         assert [(r["reason"], r["source_server_id"]) for r in failed] == [("source_gone", "gpu-a")]
@@ -299,10 +341,14 @@ def test_a_node_copies_an_ordered_lora_from_a_peer_another_source_after_a_stop_a
         (c_lora / "other.safetensors").write_bytes(big_lora(tmp_path / "other.safetensors", 24).read_bytes())
         other_sha = sha256_of(c_lora / "other.safetensors")
         wait_for(lambda: other_sha in held_by(central, "gpu-c"), timeout=30)
-        desk.order(3, "gpu-b", peer_order(3, other_sha, (c_lora / "other.safetensors").stat().st_size, "other.safetensors", "lora",
-                                 "gpu-b", c))
-        wait_for(lambda: any(r["state"] == "running" and r["bytes_done"] > 0 for r in desk.reported(3)), timeout=30)
-        assert b.stop() == 0
+        with desk.gate.closed():  # the transfer waits for the answer to its first report while the node is stopped
+            desk.order(3, "gpu-b", peer_order(3, other_sha, (c_lora / "other.safetensors").stat().st_size,
+                                              "other.safetensors", "lora", "gpu-b", c))
+            wait_for(lambda: desk.gate.holding(3), timeout=30)
+            stops = b.log().count(": stopping")
+            b.process.send_signal(signal.SIGTERM)
+            wait_for(lambda: b.log().count(": stopping") > stops, timeout=30)  # the stop cancels the transfer first
+        assert b.stop() == 0  # the report is answered; the transfer sees its cancel
         temp = b_lora / part_name(other_sha)
         kept = temp.stat().st_size
         assert kept > 0 and all(r["state"] == "running" for r in desk.reported(3))
