@@ -1,7 +1,10 @@
 """File watching: a model file that appears, changes or goes is seen soon (debounced), partial downloads are not,
 network shares are left to the timer, and a watcher that cannot watch says so once and stops."""
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import model_factory
 
@@ -23,12 +26,21 @@ class Collector:
         self.event.set()
 
 
-def watch_in_place(collector: Collector, folder) -> None:
-    """Once a probe file written into `folder` has been seen, the watch is in place (however loaded the machine)."""
-    (folder / "probe.safetensors").write_bytes(b"probe")
-    assert wait_until(collector.event)
-    collector.calls.clear()
-    collector.event.clear()
+@contextlib.contextmanager
+def watching(folder: Path) -> Iterator[Collector]:
+    """A watcher of `folder` whose watch is in place: a probe file written into it has been seen (however loaded the
+    machine); stopped on exit."""
+    collector = Collector()
+    watcher = FolderWatcher([str(folder)], collector)
+    watcher.start()
+    try:
+        (folder / "probe.safetensors").write_bytes(b"probe")
+        assert wait_until(collector.event)
+        collector.calls.clear()
+        collector.event.clear()
+        yield collector
+    finally:
+        watcher.stop()
 
 
 def test_which_paths_are_changes():
@@ -63,12 +75,8 @@ def test_network_shares_are_left_to_the_timer(tmp_path):
 
 
 def test_a_new_model_file_is_seen_after_the_debounce_and_a_partial_download_is_not(tmp_path):
-    collector = Collector()
     (tmp_path / "sub").mkdir()  # watched from the start (a folder made later is a change of its own)
-    watcher = FolderWatcher([str(tmp_path)], collector)
-    watcher.start()
-    try:
-        watch_in_place(collector, tmp_path)
+    with watching(tmp_path) as collector:
         (tmp_path / "hero.safetensors.part").write_bytes(b"x" * 100)
         assert not collector.event.wait(3)
         model_factory.write_lora(tmp_path / "sub" / "hero.safetensors")
@@ -77,8 +85,6 @@ def test_a_new_model_file_is_seen_after_the_debounce_and_a_partial_download_is_n
         collector.event.clear()
         (tmp_path / "sub" / "hero.safetensors").unlink()
         assert wait_until(collector.event)
-    finally:
-        watcher.stop()
     assert not any(p.endswith(".part") for call in collector.calls for p in call)
 
 
@@ -89,11 +95,7 @@ def test_a_folder_of_models_moved_in_or_out_is_seen(tmp_path):
     watched.mkdir()
     for name in ("a", "b"):
         model_factory.write_lora(outside / "pack" / f"{name}.safetensors")
-    collector = Collector()
-    watcher = FolderWatcher([str(watched)], collector)
-    watcher.start()
-    try:
-        watch_in_place(collector, watched)
+    with watching(watched) as collector:
         (outside / "pack").rename(watched / "pack")
         assert wait_until(collector.event)
         assert str(watched / "pack") in collector.calls[-1]
@@ -101,8 +103,6 @@ def test_a_folder_of_models_moved_in_or_out_is_seen(tmp_path):
         (watched / "pack").rename(outside / "pack")
         assert wait_until(collector.event)
         assert str(watched / "pack") in collector.calls[-1]
-    finally:
-        watcher.stop()
 
 
 def test_a_watcher_that_cannot_watch_says_so_and_stops(tmp_path, monkeypatch, caplog):
@@ -123,11 +123,7 @@ def test_a_watcher_that_cannot_watch_says_so_and_stops(tmp_path, monkeypatch, ca
 
 
 def test_a_file_still_being_written_is_acted_on_once_the_folder_is_quiet(tmp_path):
-    collector = Collector()
-    watcher = FolderWatcher([str(tmp_path)], collector)
-    watcher.start()
-    try:
-        watch_in_place(collector, tmp_path)
+    with watching(tmp_path) as collector:
         with open(tmp_path / "big.safetensors", "wb") as f:  # a copy in progress: a write every 0.3 s for 3 s
             for _ in range(10):
                 f.write(b"x" * 1024)
@@ -139,25 +135,17 @@ def test_a_file_still_being_written_is_acted_on_once_the_folder_is_quiet(tmp_pat
         collector.event.clear()
         model_factory.write_lora(tmp_path / "later.safetensors")
         assert wait_until(collector.event)
-    finally:
-        watcher.stop()
     assert collector.calls == [{str(tmp_path / "big.safetensors")}, {str(tmp_path / "later.safetensors")}]
 
 
 def test_a_chmod_of_the_file_just_acted_on_is_a_change(tmp_path):
     """Its size and mtime stay: an unreadable file made readable must still be scanned again."""
-    collector = Collector()
-    watcher = FolderWatcher([str(tmp_path)], collector)
-    watcher.start()
-    try:
-        watch_in_place(collector, tmp_path)
+    with watching(tmp_path) as collector:
         hero = model_factory.write_lora(tmp_path / "hero.safetensors")
         assert wait_until(collector.event)
         collector.event.clear()
         hero.chmod(0o600)
         assert wait_until(collector.event)
-    finally:
-        watcher.stop()
     assert collector.calls == [{str(hero)}, {str(hero)}]
 
 
