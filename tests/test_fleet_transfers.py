@@ -107,12 +107,20 @@ class Watch:
 
 class CentralTap:
     """A pass-through from a node to the central server at `central_url` (kept across a restart on the same port).
-    Progress reports go on only through `gate`. While the central server is down the node's request is dropped
-    unanswered, as the server's own port would drop it."""
+    Progress reports go on only through `gate`. The node's long-polls for orders are recorded in `polls`: ("asked",
+    None) when one arrives, ("answered", transfer ids) when its answer goes back. While the central server is down the
+    node's request is dropped unanswered, as the server's own port would drop it."""
 
     def __init__(self, central_url: str):
         self.central_url = central_url
         self.gate = ReportGate()
+        self.polls: list[tuple[str, list[int] | None]] = []
+
+    def asked_again_after_being_given(self, transfer_id: int) -> bool:
+        """The node had `transfer_id` in an answer and then asked again: it has decided about that order."""
+        polls = list(self.polls)
+        given = next((i for i, (what, ids) in enumerate(polls) if what == "answered" and transfer_id in ids), None)
+        return given is not None and any(what == "asked" for what, _ in polls[given + 1:])
 
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
@@ -124,15 +132,22 @@ class CentralTap:
             def _handle(self) -> None:
                 data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 path = self.path.split("?")[0]
+                orders = self.command == "GET" and path.endswith("/transfers/orders")
+                if orders:
+                    tap.polls.append(("asked", None))
+                gate = contextlib.nullcontext()
                 if self.command == "POST" and path.endswith("/progress"):
-                    tap.gate.pass_report(int(path.split("/")[-2]), json.loads(data))
+                    gate = tap.gate.passing(int(path.split("/")[-2]), json.loads(data))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 try:
-                    answer = requests.request(self.command, tap.central_url + self.path, data=data, headers=headers,
-                                              timeout=60)
+                    with gate:
+                        answer = requests.request(self.command, tap.central_url + self.path, data=data,
+                                                  headers=headers, timeout=60)
                 except requests.RequestException:  # the central server is down
                     self.close_connection = True
                     return
+                if orders and answer.status_code == 200:
+                    tap.polls.append(("answered", [o["transfer_id"] for o in answer.json()["orders"]]))
                 self.send_response(answer.status_code)
                 for name in ("Content-Type", "Retry-After"):
                     if name in answer.headers:

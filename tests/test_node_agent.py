@@ -164,35 +164,50 @@ def test_a_node_registers_pushes_heartbeats_serves_by_grant_rescans_and_stops(tm
 class ReportGate:
     """Holds a node's `running` progress reports (of at least `from_bytes` bytes) while the test has the gate closed.
     The node's receiver reports synchronously, so while its report waits here the transfer reads nothing more: it can
-    neither finish nor hear of a stop or a cancel until the gate opens. A report waits at most HOLD_SECONDS, less than
-    the node waits for its answer: a node that gave up on a report would carry on and send it again, and a stale copy
-    would reach the server after newer ones. A node still held then sends its next report, held in turn."""
+    neither finish nor hear of a stop or a cancel until the gate opens. Closing waits until no report is on its way
+    (one let through just before is answered first). A report waits at most HOLD_SECONDS, less than the node waits for
+    its answer: a node that gave up on a report would carry on and send it again, and a stale copy would reach the
+    server after newer ones. A node still held then sends its next report, held in turn."""
     HOLD_SECONDS = REPORT_TIMEOUT_SECONDS - 3  # the margin: passing the report on and its answer back
 
     def __init__(self):
-        self._open = threading.Event()
-        self._open.set()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._passing = 0  # reports let through whose answer has not yet come back
         self.from_bytes = 1
         self.held: list[tuple[int, dict]] = []  # (transfer id, report) that waited at the gate while it was closed
 
     @contextlib.contextmanager
     def closed(self, from_bytes: int = 1) -> Iterator[ReportGate]:
-        self.from_bytes, self.held = from_bytes, []
-        self._open.clear()
+        with self._changed:
+            self.from_bytes, self.held, self._closed = from_bytes, [], True
+            self._changed.wait_for(lambda: self._passing == 0, timeout=REPORT_TIMEOUT_SECONDS)
         try:
             yield self
         finally:
-            self._open.set()
+            with self._changed:
+                self._closed = False
+                self._changed.notify_all()
 
     def holding(self, transfer_id: int) -> dict | None:
         """A report of the transfer that came to the gate while it was closed: it waits there until the gate opens."""
         return next((body for tid, body in self.held if tid == transfer_id), None)
 
-    def pass_report(self, transfer_id: int, body: dict) -> None:
-        """Returns once the report may go on (at once unless the gate is closed and it is a `running` report)."""
-        if body.get("state") == "running" and body.get("bytes_done", 0) >= self.from_bytes and not self._open.is_set():
-            self.held.append((transfer_id, body))
-            self._open.wait(self.HOLD_SECONDS)
+    @contextlib.contextmanager
+    def passing(self, transfer_id: int, body: dict) -> Iterator[None]:
+        """Enters once the report may go on (at once unless the gate is closed and it is a `running` report); the
+        block passes it on and takes its answer."""
+        with self._changed:
+            if self._closed and body.get("state") == "running" and body.get("bytes_done", 0) >= self.from_bytes:
+                self.held.append((transfer_id, body))
+                self._changed.wait_for(lambda: not self._closed, timeout=self.HOLD_SECONDS)
+            self._passing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._passing -= 1
+                self._changed.notify_all()
 
 
 class OrderDesk:
@@ -269,8 +284,9 @@ class OrderDesk:
                     return self._answer(200, json.dumps(desk._orders(parts[3], parse_qs(url.query))).encode())
                 if parts[:3] == ["api", "v1", "transfers"] and parts[-1] == "progress":
                     report = json.loads(data)
-                    desk.gate.pass_report(int(parts[3]), report)
-                    return self._answer(200, json.dumps(desk._progress(int(parts[3]), report)).encode())
+                    with desk.gate.passing(int(parts[3]), report):
+                        answer = desk._progress(int(parts[3]), report)
+                    return self._answer(200, json.dumps(answer).encode())
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type",
                                                                                   "content-encoding", "accept")}
                 answer = requests.request(self.command, desk.central.base_url + self.path, data=data, headers=headers,

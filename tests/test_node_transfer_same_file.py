@@ -9,9 +9,9 @@ healthy source must not be excluded for "wrong bytes".
 gpu-a's file server sits behind a pass-through that holds every response of the model's file after HOLD_AFTER bytes
 until the test releases it (a stalled source). gpu-b talks to the central server through a pass-through that records
 its long-polls for orders, so the test knows when the node has had the new order and decided about it, and that holds
-its progress reports at a gate while the test has it closed: the node may still be reading what the stalled source had
-already sent, and a report answered "cancelled" before the new order is decided would end the cancelled transfer too
-early for the test to see the new order wait."""
+its progress reports at a gate while the test has it closed (CentralTap): the node may still be reading what the
+stalled source had already sent, and a report answered "cancelled" before the new order is decided would end the
+cancelled transfer too early for the test to see the new order wait."""
 from __future__ import annotations
 
 import contextlib
@@ -26,14 +26,13 @@ import requests
 from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.protocol import FILES_PATH
 from support_server import RunningServer, serve_http, server_process, wait_for
-from test_fleet_transfers import models_tree, roles, transfer
+from test_fleet_transfers import HOP_BY_HOP, CentralTap, models_tree, roles, transfer
 from test_node_agent import big_lora, held_by, node_process, server_entry, sha256_of
 
 pytestmark = pytest.mark.timeout(240)
 
 HOLD_AFTER = 2 * 1024 * 1024  # body bytes of the model's file a response sends before it stalls
 SLOW = ("--bandwidth", "8MB/s")  # the rest of a 24 MiB copy takes seconds: the cancelled one hears of it midway
-HOP_BY_HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length"})
 
 
 @dataclass
@@ -87,57 +86,6 @@ class StallingSource:
             yield base_url
 
 
-class OrdersTap:
-    """A pass-through to the central server that records a node's long-polls for orders: ("asked", None) when one
-    arrives, ("answered", transfer ids) when its answer goes back. A progress report goes on to the central server
-    only through `report_gate`: once the test holds it, no report is on its way and every new one waits."""
-
-    def __init__(self, central: RunningServer):
-        self.central = central
-        self.polls: list[tuple[str, list[int] | None]] = []
-        self.report_gate = threading.Lock()
-
-    def asked_again_after_being_given(self, transfer_id: int) -> bool:
-        """The node had `transfer_id` in an answer and then asked again: it has decided about that order."""
-        polls = list(self.polls)
-        given = next((i for i, (what, ids) in enumerate(polls) if what == "answered" and transfer_id in ids), None)
-        return given is not None and any(what == "asked" for what, _ in polls[given + 1:])
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[str]:
-        tap = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                orders = self.command == "GET" and self.path.split("?")[0].endswith("/transfers/orders")
-                if orders:
-                    tap.polls.append(("asked", None))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                gate = tap.report_gate if self.path.endswith("/progress") else contextlib.nullcontext()
-                with gate:
-                    answer = requests.request(self.command, tap.central.base_url + self.path, data=data,
-                                              headers=headers, timeout=60)
-                if orders and answer.status_code == 200:
-                    tap.polls.append(("answered", [o["transfer_id"] for o in answer.json()["orders"]]))
-                self.send_response(answer.status_code)
-                self.send_header("Content-Type", answer.headers.get("Content-Type", "application/json"))
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                with contextlib.suppress(ConnectionError):  # the node hung up: a stop during a long-poll
-                    self.wfile.write(answer.content)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-            def log_message(self, *args) -> None:
-                pass
-
-        with serve_http(Handler) as base_url:
-            yield base_url
-
-
 def exclusions(central: RunningServer) -> list[tuple]:
     with contextlib.closing(sqlite3.connect(central.db_path)) as db:
         return db.execute("SELECT source_server_id, sha256 FROM transfer_source_exclusions").fetchall()
@@ -149,7 +97,7 @@ def test_a_new_order_of_a_cancelled_transfers_model_waits_until_the_cancelled_on
     big_sha = sha256_of(big)
     source = StallingSource(big_sha)
     with server_process(tmp_path / "central") as central, contextlib.ExitStack() as stack:
-        tap = OrdersTap(central)
+        tap = CentralTap(central.base_url)
         tap_url = stack.enter_context(tap.serving())
         source_url = stack.enter_context(source.serving())
         stack.callback(source.release.set)  # never leave a response held, whatever fails
@@ -163,7 +111,7 @@ def test_a_new_order_of_a_cancelled_transfers_model_waits_until_the_cancelled_on
                              headers=central.admin_headers).json()["id"]
         source.first_ended = lambda: f"transfer {first} was cancelled on the central server" in b.log()
         wait_for(source.holding.is_set, timeout=30)  # transfer 1 is under way, its source stalled
-        with tap.report_gate:  # transfer 1 hears of its cancel only once the new order has been decided
+        with tap.gate.closed():  # transfer 1 hears of its cancel only once the new order has been decided
             cancelled = central.delete(f"/api/v1/transfers/{first}", headers=central.admin_headers)
             assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
             again = central.post("/api/v1/transfers", json={"server_id": "gpu-b", "sha256": big_sha},
