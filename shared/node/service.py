@@ -29,6 +29,7 @@ from .contact import NodeClients, PushStatus, Timeouts
 from .fleet_counts import FleetCounts
 from .pushing import RETRY_DELAYS_SECONDS, InventoryPusher, Schedule
 from .received import record_received
+from .rounds import run_rounds
 from .state import HostActivity
 from .state_reporter import StateReporter
 from .status_line import status_line
@@ -216,16 +217,13 @@ class NodeService:
         if not self._stop.is_set():
             self.transfers.start()
             self._reporter.start()
-        while not self._stop.is_set():
-            try:
-                self._rescans.follow_watch_settings()
-                delay = self.tick()
-            except Exception:  # the thread must outlive one bad round
-                log.exception("modelsync background round failed")
-                delay = IDLE_SECONDS
-            self._wake.wait(delay)
-            self._wake.clear()
+        run_rounds(self._round, self._stop, failed_delay=IDLE_SECONDS, failure="modelsync background round failed",
+                   wake=self._wake)
         self._rescans.stop_watching()
+
+    def _round(self) -> float:
+        self._rescans.follow_watch_settings()
+        return self.tick()
 
     def request_rescan(self, paths: Iterable[str] = ()) -> None:
         self._rescans.request_rescan(paths)

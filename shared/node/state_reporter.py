@@ -14,6 +14,7 @@ from ..records import Root
 from .client import NodeClient
 from .config import NodeConfig
 from .contact import PushStatus
+from .rounds import run_rounds
 from .state import HostActivity, StateReport, disk_spaces, gpu_memory
 
 log = logging.getLogger("modelsync.node")
@@ -79,14 +80,8 @@ class StateReporter:
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                delay = self._report_changed_state()
-            except Exception:  # the thread must outlive one bad round
-                log.exception("modelsync state report failed")
-                delay = STATE_POLL_SECONDS
-            self._wake.wait(delay)
-            self._wake.clear()
+        run_rounds(self._report_changed_state, self._stopped, failed_delay=STATE_POLL_SECONDS,
+                   failure="modelsync state report failed", wake=self._wake)
 
     def _report_changed_state(self) -> float:
         """Send a heartbeat when the host's activity differs from the last one the server took, unless one was sent

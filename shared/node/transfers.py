@@ -46,6 +46,7 @@ from .client import (
     TransferOrder,
 )
 from .config import NodeConfig
+from .rounds import run_rounds
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +153,7 @@ class TransferRunner:
     # the long-poll
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                delay = self._round()
-            except Exception:  # the thread must outlive one bad round
-                log.exception("modelsync transfer orders round failed")
-                delay = IDLE_SECONDS
-            if delay and self._stop.wait(delay):
-                return
+        run_rounds(self._round, self._stop, failed_delay=IDLE_SECONDS, failure="modelsync transfer orders round failed")
 
     def _round(self) -> float:
         config = self._config()
