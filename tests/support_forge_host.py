@@ -241,6 +241,27 @@ def forge_host(tmp_path: Path, cmd_opts: dict[str, Any] | None = None, controlne
                 sys.modules[name] = module
 
 
+@contextlib.contextmanager
+def extension_host(tmp_path: Path, folders: tuple[str, ...] = (), register: bool = False,
+                   **host_options: Any) -> Iterator[Host]:
+    """`forge_host` with the extension's node service (a module global, as in the WebUI) reset before and stopped
+    after; `folders` made under the WebUI data folder; the extension's callbacks registered when `register`."""
+    from modelsync.extension import forge_callbacks
+
+    forge_callbacks._service = None
+    with forge_host(tmp_path, **host_options) as host:
+        for folder in folders:
+            (Path(host.modules["modules.paths"].data_path) / folder).mkdir(parents=True, exist_ok=True)
+        if register:
+            forge_callbacks.register()
+        try:
+            yield host
+        finally:
+            if forge_callbacks._service is not None:
+                forge_callbacks._service.stop(timeout=60)
+            forge_callbacks._service = None
+
+
 def run_script(path: Path) -> types.ModuleType:
     """Loads an extension file by path the way the host's script loader does."""
     spec = importlib.util.spec_from_file_location(path.stem, path)

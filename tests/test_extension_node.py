@@ -31,7 +31,7 @@ from modelsync.shared.node.client import NodeClient
 from modelsync.shared.node.service import ScanState
 from modelsync.shared.scan.scanner import ScanProgress
 from PIL import Image
-from support_forge_host import OptionInfoBefore17, forge_host, run_script
+from support_forge_host import OptionInfoBefore17, extension_host, forge_host, run_script
 from support_server import central_server  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,12 +48,8 @@ def shown_file(actions: TabActions, row: list) -> str:
 
 @pytest.fixture
 def host(tmp_path):
-    forge_callbacks._service = None
-    with forge_host(tmp_path, controlnet_dir=tmp_path / "webui" / "models" / "ControlNet") as host:
+    with extension_host(tmp_path, controlnet_dir=tmp_path / "webui" / "models" / "ControlNet") as host:
         yield host
-        if forge_callbacks._service is not None:
-            forge_callbacks._service.stop()
-    forge_callbacks._service = None
 
 
 def write_models(webui: Path) -> list[Path]:

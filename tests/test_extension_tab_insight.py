@@ -13,7 +13,6 @@ import gradio as gr
 import model_factory
 import pytest
 from fastapi import FastAPI
-from modelsync.extension import forge_callbacks
 from modelsync.extension.tab import (
     ORDER_SLOTS,
     RECOMMENDATION_HEADERS,
@@ -22,7 +21,7 @@ from modelsync.extension.tab import (
     source_text,
     transfer_row,
 )
-from support_forge_host import forge_host
+from support_forge_host import extension_host
 from support_server import central_server, push_files  # noqa: F401  (fixture)
 from test_demand_analytics import age_demand
 
@@ -36,15 +35,8 @@ def sha(text: str) -> str:
 
 @pytest.fixture
 def host(tmp_path):
-    forge_callbacks._service = None
-    with forge_host(tmp_path) as host:
-        webui = Path(host.modules["modules.paths"].data_path)
-        (webui / "models" / "Stable-diffusion").mkdir(parents=True, exist_ok=True)
-        forge_callbacks.register()
+    with extension_host(tmp_path, ("models/Stable-diffusion",), register=True) as host:
         yield host
-        if forge_callbacks._service is not None:
-            forge_callbacks._service.stop(10)
-    forge_callbacks._service = None
 
 
 def start_node(host, server, **settings) -> TabActions:

@@ -31,7 +31,7 @@ from modelsync.shared.transfer.protocol import (
 )
 from modelsync.shared.transfer.receiver import receive
 from starlette.types import ASGIApp, Receive, Scope, Send
-from support_forge_host import forge_host
+from support_forge_host import extension_host
 from support_server import central_server, wait_for  # noqa: F401  (fixture)
 from support_transfer import tampered, write_large_safetensors
 
@@ -46,16 +46,8 @@ def sha256_of(path: Path) -> str:
 
 @pytest.fixture
 def host(tmp_path):
-    forge_callbacks._service = None
-    with forge_host(tmp_path) as host:
-        webui = Path(host.modules["modules.paths"].data_path)
-        for folder in (webui / "models" / "Lora", webui / "models" / "Stable-diffusion", webui / "embeddings"):
-            folder.mkdir(parents=True, exist_ok=True)
-        forge_callbacks.register()
+    with extension_host(tmp_path, ("models/Lora", "models/Stable-diffusion", "embeddings"), register=True) as host:
         yield host
-        if forge_callbacks._service is not None:
-            forge_callbacks._service.stop(10)
-    forge_callbacks._service = None
 
 
 def webui_of(host) -> Path:

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import model_factory
 import pytest
-from modelsync.extension import forge_callbacks
 from modelsync.server.app import create_app
 from modelsync.shared.node.config import NodeConfig
 from modelsync.shared.node.service import NodeService
 from modelsync.shared.node.state import Checkpoint, HostActivity
 from modelsync.shared.node.state_reporter import EXTRA_HEARTBEAT_SECONDS, STATE_POLL_SECONDS
 from modelsync.shared.records import Root
-from support_forge_host import forge_host, run_script
+from support_forge_host import extension_host, run_script
 from support_jobs import sha256_of
 from support_server import (
     ANSWERS,
@@ -90,12 +89,8 @@ def server_entry(server: RunningServer, node_id: str) -> dict | None:
 
 @pytest.fixture
 def host(tmp_path):
-    forge_callbacks._service = None
-    with forge_host(tmp_path) as host:
+    with extension_host(tmp_path) as host:
         yield host
-        if forge_callbacks._service is not None:
-            forge_callbacks._service.stop(timeout=30)
-    forge_callbacks._service = None
 
 
 def test_a_model_loaded_in_the_host_reaches_the_central_server_and_ranks_that_node_first(tmp_path, host):
