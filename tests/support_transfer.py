@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -66,6 +67,20 @@ class SourceNode:
     def grant(self, rel_name: str, destination: str = DEST_ID, **kwargs: Any) -> str:
         return issue_grant(self.key, sha256=self.sha256[rel_name], source=SOURCE_ID, destination=destination,
                            **kwargs).value
+
+
+@pytest.fixture
+def model(tmp_path) -> bytes:
+    """The bytes a download test's source serves: a real .safetensors file of 3 MiB."""
+    return write_large_safetensors(tmp_path / "made" / "model.safetensors", 3).read_bytes()
+
+
+@pytest.fixture
+def dest(tmp_path) -> Path:
+    """The role folder a download test's file lands in."""
+    root = tmp_path / "models" / "Lora"
+    root.mkdir(parents=True)
+    return root
 
 
 def make_source_node(tmp_path: Path, sizes_mib: dict[str, float]) -> SourceNode:

@@ -16,24 +16,12 @@ from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.receiver import ReceiveOptions, receive
 from modelsync.shared.transfer.url_source import ResumableGet
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_transfer import MIB, write_large_safetensors
+from support_transfer import MIB, dest, model, write_large_safetensors  # noqa: F401  (fixtures)
 
 FIXTURE = "civitai_model_version_1387174_lora_flux_lora-manager.json"
 KEY = "k3y-s3cret-0123456789"
 FAST = ReceiveOptions(floor_bytes=0, retry_delay_seconds=0.05, progress_interval_seconds=0)
 QUICK_BACKOFF = Backoff(first_seconds=0.05, longest_seconds=0.2, attempts=2)
-
-
-@pytest.fixture
-def model(tmp_path) -> bytes:
-    return write_large_safetensors(tmp_path / "made" / "m.safetensors", 3).read_bytes()
-
-
-@pytest.fixture
-def dest(tmp_path) -> Path:
-    root = tmp_path / "models" / "Lora"
-    root.mkdir(parents=True)
-    return root
 
 
 @pytest.fixture

@@ -14,21 +14,9 @@ from modelsync.shared.transfer.receiver import ReceiveOptions, receive
 from modelsync.shared.transfer.url_source import ResumableGet, UrlSource, redirect_target
 from modelsync.shared.transfer.urls import shown
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_transfer import MIB, write_large_safetensors
+from support_transfer import MIB, dest, model, write_large_safetensors  # noqa: F401  (fixtures)
 
 FAST = ReceiveOptions(floor_bytes=0, retry_delay_seconds=0.05, progress_interval_seconds=0)
-
-
-@pytest.fixture
-def model(tmp_path) -> bytes:
-    return write_large_safetensors(tmp_path / "made" / "u.safetensors", 3).read_bytes()
-
-
-@pytest.fixture
-def dest(tmp_path) -> Path:
-    root = tmp_path / "models" / "Stable-diffusion"
-    root.mkdir(parents=True)
-    return root
 
 
 @pytest.fixture
