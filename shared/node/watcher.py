@@ -5,7 +5,9 @@ Folders on network file systems are never watched (inotify does not see what oth
 re-scanned on the timer; the log says so once per folder. A partial download (`*.part`, `*.tmp`, `*.downloading`,
 `*.aria2`, our own `.modelsync-*.part`) is not a change. A folder that appears or goes is one: the files of a folder
 copied or moved in may be written before its own watch is in place, and those of a folder moved out get no events of
-their own. When the system's watch limit is reached, watching stops with one log line and the timer carries on."""
+their own. A batch whose files are as they were when last acted on (the writes made while a copy settled come as a
+batch of their own) is not a change. When the system's watch limit is reached, watching stops with one log line and
+the timer carries on."""
 from __future__ import annotations
 
 import logging
@@ -47,7 +49,7 @@ def is_relevant_change(change: int, path: str) -> bool:
 
 
 FileStates = dict[str, tuple[int, int, int] | None]  # path -> (size, mtime_ns, ctime_ns), None when it is not there
-UNSEEN = ()  # no path's state
+UNSEEN = ()  # the state of a path not acted on before: unequal to every state, None too
 
 
 def file_states(paths: Iterable[str]) -> FileStates:
