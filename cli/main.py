@@ -71,18 +71,10 @@ def _port(text: str) -> int:
     return value
 
 
-def _dash_value_after(message: str) -> bool:
-    """Whether the option the error names (`argument --token: ...`) was followed by a value starting with "-" (e.g. a
-    token of an earlier release), which argparse takes for an option."""
-    names = message.removeprefix("argument ").split(":", 1)[0].split("/")
-    argv = sys.argv[1:]
-    return any(arg in names and i + 1 < len(argv) and argv[i + 1].startswith("-") for i, arg in enumerate(argv))
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         """One line, not the usage block."""
-        if message.endswith("expected one argument") and _dash_value_after(message):
+        if message.endswith("expected one argument"):  # none given, or one starting with "-" taken for an option
             message += " (a value that starts with \"-\" is given as --option=VALUE)"
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
