@@ -67,18 +67,13 @@ class InventoryPusher:
             self._pending = inventory
             self._schedule.push_at = now
 
-    def push_pending(self) -> bool | None:
-        """Push the waiting inventory now, after any push under way; None when nothing waits (any more)."""
+    def push_pending(self, now: float | None = None) -> bool | None:
+        """Push the waiting inventory now, after any push under way; None when nothing waits (any more: a push under
+        way took it). `now`: the background thread's time of a retry."""
         with self.lock:
             if self._pending is None:
                 return None
-            return self._push_pending(self._clock())
-
-    def retry(self, now: float) -> None:
-        """The background thread's try of a push that failed, unless a push under way took the inventory."""
-        with self.lock:
-            if self._pending is not None:
-                self._push_pending(now)
+            return self._push_pending(self._clock() if now is None else now)
 
     def _push_pending(self, now: float) -> bool:
         """Push the waiting inventory (the push lock held); on failure plan the next try by the back-off delays."""

@@ -259,7 +259,7 @@ class NodeService:
             plan.scan_at = now + rescan if rescan > 0 else None
             self.scan_and_push(config.hash_new_files, push_unchanged=False)
         elif self.push_waiting and plan.push_at is not None and now >= plan.push_at:
-            self._pusher.retry(now)
+            self._pusher.push_pending(now)
         elif plan.heartbeat_at is not None and now >= plan.heartbeat_at:
             plan.heartbeat_at = now + config.heartbeat_seconds
             with self._pusher.lock:
