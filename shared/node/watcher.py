@@ -31,20 +31,25 @@ PARTIAL_SUFFIXES = (".part", ".tmp", ".downloading", ".aria2", ".crdownload", ".
 RELEVANT_SUFFIXES = tuple(MODEL_EXTENSIONS) + SIDECAR_SUFFIXES + (PREVIEW_SUFFIX,)
 
 
+def _ignored(name: str) -> bool:
+    """`name`: a file name in lower case. Hidden, or a download in progress."""
+    return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES)
+
+
 def is_relevant(path: str) -> bool:
     """A model file, a sidecar or a preview, not hidden, not a download in progress."""
     name = os.path.basename(path).lower()
-    return not name.startswith(".") and not name.endswith(PARTIAL_SUFFIXES) and name.endswith(RELEVANT_SUFFIXES)
+    return not _ignored(name) and name.endswith(RELEVANT_SUFFIXES)
 
 
 def is_relevant_change(change: int, path: str) -> bool:
     """`change`: watchfiles' Change (1 added, 2 modified, 3 deleted). A relevant file, or a folder added (the path is a
     folder now) or deleted (gone: any path not hidden and not a partial download may have been one)."""
-    if is_relevant(path):
-        return True
-    name = os.path.basename(path)
-    if name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES):
+    name = os.path.basename(path).lower()
+    if _ignored(name):
         return False
+    if name.endswith(RELEVANT_SUFFIXES):
+        return True
     return os.path.isdir(path) if change == ADDED else change == DELETED
 
 
@@ -114,7 +119,7 @@ class FolderWatcher:
         self.quiet_ms = max(quiet_ms, QUIET_MS)
         self.stopped = threading.Event()
         self.failure: str | None = None  # why watching stopped early (the timer goes on)
-        self._acted: FileStates = {}  # the last batch acted on, as it was then
+        self._acted: FileStates = {}  # each file acted on, as it was then
         self._thread: threading.Thread | None = None
         for folder, why in self.plan.timer_only.items():
             log.info("not watching %s (%s); it is re-scanned on the timer", folder, why)
@@ -158,7 +163,8 @@ class FolderWatcher:
                 changed = {path for path, state in (settled or {}).items() if self._acted.get(path, UNSEEN) != state}
                 if changed:
                     self.on_change(changed)
-                    self._acted = settled
+                    # kept for the files there are (a bounded memory)
+                    self._acted = {p: st for p, st in {**self._acted, **settled}.items() if st is not None}
         except (OSError, RuntimeError) as exc:  # e.g. the inotify watch limit: the timed re-scan carries on
             self.failure = str(exc)
             log.warning("file watching stopped (%s); model folders are re-scanned on the timer only", exc)
