@@ -339,26 +339,22 @@ class TabActions:
         # an empty row as wide as the headers: gradio 4.40 draws `[[]]` here 500 px high, at times without the first header
         return {"headers": RECOMMENDATION_HEADERS, "data": rows or [[""] * len(RECOMMENDATION_HEADERS)]}
 
-    def orderable(self) -> dict[str, int]:
-        """Order button label -> model id: the places with a source and no transfer yet (a place under way shows its
-        transfer in the table). Two models of the same name and source: the second label adds its SHA256's start."""
+    def orderable(self) -> dict[str, tuple[int, str]]:
+        """Order button label -> (model id, "<model> from <source>" for the order's note): the places with a source
+        and no transfer yet (a place under way shows its transfer in the table). Two models of the same name and
+        source: the second label adds its SHA256's start."""
         rec = self.insight.recommendations or {}
-        labels: dict[str, int] = {}
+        labels: dict[str, tuple[int, str]] = {}
         for place in rec.get("place", []):
             if place.get("transfer") or place["source"].get("kind") == "none":
                 continue
             model = place["model"]
+            name = f"{model_label(model)} from {recommendation_source(place['source'])}"
             label = f"Copy {model_label(model)} here from {recommendation_source(place['source'])}"
             if label in labels:
                 label += f" ({str(model.get('sha256') or model['id'])[:10]})"
-            labels[label] = model["id"]
+            labels[label] = (model["id"], name)
         return labels
-
-    def place_name(self, model_id: int) -> str | None:
-        """"<model> from <source>" for the order's note; None when the advice no longer has it."""
-        places = (self.insight.recommendations or {}).get("place", [])
-        return next((f"{model_label(p['model'])} from {recommendation_source(p['source'])}"
-                     for p in places if p["model"]["id"] == model_id), None)
 
     def recommendations_note(self, reading: bool = False) -> str:
         service, insight = self.service, self.insight
@@ -424,14 +420,14 @@ class TabActions:
     def order_recommended(self, choice: str | None, type_filter: str = ALL_TYPES, text: str = "") -> Iterator[tuple[Any, ...]]:
         """A place's button (its label is the input): order that place through the transfer API (only when this node
         takes transfers)."""
-        model_id = self.orderable().get(choice or "")
+        place = self.orderable().get(choice or "")
         self.insight.order_placed = False
         if not self.service.settings().allow_transfers:
             self.insight.order_note = "Transfers to this node are off (Settings > Model Sync)."
-        elif model_id is None:
+        elif place is None:
             self.insight.order_note = f"Not ordered: \"{choice}\" is no longer among the places to order."
         else:
-            self.insight.order(model_id, self.place_name(model_id) or str(choice))
+            self.insight.order(*place)
             yield from self._wait_for_insight(type_filter, text)
             return
         yield self.insight_outputs(type_filter, text)
