@@ -7,18 +7,25 @@ Range ignored, a slow stream, bytes past the end. Every request is logged as the
     with run_peer(node) as peer:
         peer.faults.drops, peer.faults.drop_after = 1, 2 * MIB
         receive(peer.source(node, "Lora/style.safetensors", "node-b"), ...)
+
+For the node agents' transfers, the central server's side: a gate that holds a node's progress reports
+(ReportGate) and a pass-through from a node to the central server that reports through it (CentralTap).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
+import json
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import pytest
+import requests
 from safetensors.numpy import save_file
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,18 +33,21 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from modelsync.shared.catalog import migrate, open_catalog
+from modelsync.shared.node.client import REPORT_TIMEOUT_SECONDS
 from modelsync.shared.records import Root
 from modelsync.shared.scan.scanner import scan
 from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.peer_source import PeerSource
 from modelsync.shared.transfer.protocol import FILES_PATH, GRANT_HEADER, NODE_HEADER
 from modelsync.shared.transfer.serving import Refusal, ServingNode
-from support_server import serve_asgi
+from support_server import serve_asgi, serve_http
 
 MIB = 1024 * 1024
 SOURCE_ID = "node-a"
 DEST_ID = "node-b"
 _rng = np.random.default_rng(1234)
+# The request headers a pass-through does not pass on: its own connection's, and those requests sets itself.
+HOP_BY_HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length"})
 
 
 def write_large_safetensors(path: Path, mib: float) -> Path:
@@ -214,3 +224,113 @@ def run_peer(node: SourceNode) -> Iterator[RunningPeer]:
 def tampered(grant: str) -> str:
     """The grant with one character of its signature changed for sure (the second last: the last carries padding bits)."""
     return grant[:-2] + ("A" if grant[-2] != "A" else "B") + grant[-1]
+
+
+class ReportGate:
+    """Holds a node's `running` progress reports (of at least `from_bytes` bytes) while the test has the gate closed.
+    The node's receiver reports synchronously, so while its report waits here the transfer reads nothing more: it can
+    neither finish nor hear of a stop or a cancel until the gate opens. Closing waits until no report is on its way
+    (one let through just before is answered first). A report waits at most HOLD_SECONDS, less than the node waits for
+    its answer: a node that gave up on a report would carry on and send it again, and a stale copy would reach the
+    server after newer ones. A node still held then sends its next report, held in turn."""
+    HOLD_SECONDS = REPORT_TIMEOUT_SECONDS - 3  # the margin: passing the report on and its answer back
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._closed = False
+        self._passing = 0  # reports let through whose answer has not yet come back
+        self.from_bytes = 1
+        self.held: list[tuple[int, dict]] = []  # (transfer id, report) that waited at the gate while it was closed
+
+    @contextlib.contextmanager
+    def closed(self, from_bytes: int = 1) -> Iterator[ReportGate]:
+        with self._changed:
+            self.from_bytes, self.held, self._closed = from_bytes, [], True
+            self._changed.wait_for(lambda: self._passing == 0, timeout=REPORT_TIMEOUT_SECONDS)
+        try:
+            yield self
+        finally:
+            with self._changed:
+                self._closed = False
+                self._changed.notify_all()
+
+    def holding(self, transfer_id: int) -> dict | None:
+        """A report of the transfer that came to the gate while it was closed: it waits there until the gate opens."""
+        return next((body for tid, body in self.held if tid == transfer_id), None)
+
+    @contextlib.contextmanager
+    def passing(self, transfer_id: int, body: dict) -> Iterator[None]:
+        """Enters once the report may go on (at once unless the gate is closed and it is a `running` report); the
+        block passes it on and takes its answer."""
+        with self._changed:
+            if self._closed and body.get("state") == "running" and body.get("bytes_done", 0) >= self.from_bytes:
+                self.held.append((transfer_id, body))
+                self._changed.wait_for(lambda: not self._closed, timeout=self.HOLD_SECONDS)
+            self._passing += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._passing -= 1
+                self._changed.notify_all()
+
+
+class CentralTap:
+    """A pass-through from a node to the central server at `central_url` (kept across a restart on the same port).
+    Progress reports go on only through `gate`. The node's long-polls for orders are recorded in `polls`: ("asked",
+    None) when one arrives, ("answered", transfer ids) when its answer goes back. While the central server is down the
+    node's request is dropped unanswered, as the server's own port would drop it."""
+
+    def __init__(self, central_url: str) -> None:
+        self.central_url = central_url
+        self.gate = ReportGate()
+        self.polls: list[tuple[str, list[int] | None]] = []
+
+    def asked_again_after_being_given(self, transfer_id: int) -> bool:
+        """The node had `transfer_id` in an answer and then asked again: it has decided about that order."""
+        polls = list(self.polls)
+        given = next((i for i, (what, ids) in enumerate(polls) if what == "answered" and transfer_id in ids), None)
+        return given is not None and any(what == "asked" for what, _ in polls[given + 1:])
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[str]:
+        tap = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _handle(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                path = self.path.split("?")[0]
+                orders = self.command == "GET" and path.endswith("/transfers/orders")
+                if orders:
+                    tap.polls.append(("asked", None))
+                gate = contextlib.nullcontext()
+                if self.command == "POST" and path.endswith("/progress"):
+                    gate = tap.gate.passing(int(path.split("/")[-2]), json.loads(data))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+                try:
+                    with gate:
+                        answer = requests.request(self.command, tap.central_url + self.path, data=data,
+                                                  headers=headers, timeout=60)
+                except requests.RequestException:  # the central server is down
+                    self.close_connection = True
+                    return
+                if orders and answer.status_code == 200:
+                    tap.polls.append(("answered", [o["transfer_id"] for o in answer.json()["orders"]]))
+                self.send_response(answer.status_code)
+                for name in ("Content-Type", "Retry-After"):
+                    if name in answer.headers:
+                        self.send_header(name, answer.headers[name])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                with contextlib.suppress(ConnectionError):  # the node hung up: a stop during a long-poll
+                    self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _handle
+
+            def log_message(self, *args) -> None:
+                pass
+
+        with serve_http(Handler) as base_url:
+            yield base_url

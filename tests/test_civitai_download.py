@@ -16,7 +16,7 @@ from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.receiver import ReceiveOptions, receive
 from modelsync.shared.transfer.url_source import ResumableGet
 from support_civitai import civitai_stub  # noqa: F401  (fixture)
-from support_transfer import MIB, dest, model, write_large_safetensors  # noqa: F401  (fixtures)
+from support_transfer import MIB, dest, model  # noqa: F401  (fixtures)
 
 FIXTURE = "civitai_model_version_1387174_lora_flux_lora-manager.json"
 KEY = "k3y-s3cret-0123456789"

@@ -11,8 +11,6 @@ holds its progress report at a gate around each fault, so the transfer is surely
 from __future__ import annotations
 
 import contextlib
-import http.server
-import json
 import signal
 import threading
 import time
@@ -21,22 +19,14 @@ from pathlib import Path
 
 import model_factory
 import pytest
-import requests
 import support_server
 from modelsync.shared.transfer.partfiles import part_name
-from support_server import RunningServer, serve_http, server_process, wait_for
-from test_node_agent import (
-    ReportGate,
-    big_lora,
-    held_by,
-    node_process,
-    server_entry,
-    sha256_of,
-)
+from support_server import RunningServer, server_process, wait_for
+from support_transfer import CentralTap
+from test_node_agent import big_lora, held_by, node_process, server_entry, sha256_of
 
 pytestmark = pytest.mark.timeout(300)
 
-HOP_BY_HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length"})
 OFFLINE_AFTER = 10.0  # seconds without a heartbeat (the agents beat every second; a push holds the beat)
 SLOW = ("--bandwidth", "8MB/s")  # a 64 MiB copy takes about 8 s: long enough to stop something midway
 
@@ -103,67 +93,6 @@ class Watch:
         finally:
             self._stop.set()
             self._thread.join(5)
-
-
-class CentralTap:
-    """A pass-through from a node to the central server at `central_url` (kept across a restart on the same port).
-    Progress reports go on only through `gate`. The node's long-polls for orders are recorded in `polls`: ("asked",
-    None) when one arrives, ("answered", transfer ids) when its answer goes back. While the central server is down the
-    node's request is dropped unanswered, as the server's own port would drop it."""
-
-    def __init__(self, central_url: str):
-        self.central_url = central_url
-        self.gate = ReportGate()
-        self.polls: list[tuple[str, list[int] | None]] = []
-
-    def asked_again_after_being_given(self, transfer_id: int) -> bool:
-        """The node had `transfer_id` in an answer and then asked again: it has decided about that order."""
-        polls = list(self.polls)
-        given = next((i for i, (what, ids) in enumerate(polls) if what == "answered" and transfer_id in ids), None)
-        return given is not None and any(what == "asked" for what, _ in polls[given + 1:])
-
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[str]:
-        tap = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _handle(self) -> None:
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                path = self.path.split("?")[0]
-                orders = self.command == "GET" and path.endswith("/transfers/orders")
-                if orders:
-                    tap.polls.append(("asked", None))
-                gate = contextlib.nullcontext()
-                if self.command == "POST" and path.endswith("/progress"):
-                    gate = tap.gate.passing(int(path.split("/")[-2]), json.loads(data))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-                try:
-                    with gate:
-                        answer = requests.request(self.command, tap.central_url + self.path, data=data,
-                                                  headers=headers, timeout=60)
-                except requests.RequestException:  # the central server is down
-                    self.close_connection = True
-                    return
-                if orders and answer.status_code == 200:
-                    tap.polls.append(("answered", [o["transfer_id"] for o in answer.json()["orders"]]))
-                self.send_response(answer.status_code)
-                for name in ("Content-Type", "Retry-After"):
-                    if name in answer.headers:
-                        self.send_header(name, answer.headers[name])
-                self.send_header("Content-Length", str(len(answer.content)))
-                self.end_headers()
-                with contextlib.suppress(ConnectionError):  # the node hung up: a stop during a long-poll
-                    self.wfile.write(answer.content)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _handle
-
-            def log_message(self, *args) -> None:
-                pass
-
-        with serve_http(Handler) as base_url:
-            yield base_url
 
 
 def test_fulfil_copies_a_lora_and_a_checkpoint_to_the_node_that_lacks_them(tmp_path):

@@ -25,12 +25,11 @@ import model_factory
 import numpy as np
 import pytest
 import requests
-from modelsync.shared.node.client import REPORT_TIMEOUT_SECONDS
 from modelsync.shared.transfer.grants import issue_grant, signing_key
 from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.protocol import GRANT_HEADER, NODE_HEADER, file_url
 from support_server import RunningServer, free_port, serve_http, server_process, wait_for
-from support_transfer import tampered
+from support_transfer import ReportGate, tampered
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -159,55 +158,6 @@ def test_a_node_registers_pushes_heartbeats_serves_by_grant_rescans_and_stops(tm
 
         assert node.stop() == 0
         assert "stopped" in node.log() and "Traceback" not in node.log()
-
-
-class ReportGate:
-    """Holds a node's `running` progress reports (of at least `from_bytes` bytes) while the test has the gate closed.
-    The node's receiver reports synchronously, so while its report waits here the transfer reads nothing more: it can
-    neither finish nor hear of a stop or a cancel until the gate opens. Closing waits until no report is on its way
-    (one let through just before is answered first). A report waits at most HOLD_SECONDS, less than the node waits for
-    its answer: a node that gave up on a report would carry on and send it again, and a stale copy would reach the
-    server after newer ones. A node still held then sends its next report, held in turn."""
-    HOLD_SECONDS = REPORT_TIMEOUT_SECONDS - 3  # the margin: passing the report on and its answer back
-
-    def __init__(self):
-        self._changed = threading.Condition()
-        self._closed = False
-        self._passing = 0  # reports let through whose answer has not yet come back
-        self.from_bytes = 1
-        self.held: list[tuple[int, dict]] = []  # (transfer id, report) that waited at the gate while it was closed
-
-    @contextlib.contextmanager
-    def closed(self, from_bytes: int = 1) -> Iterator[ReportGate]:
-        with self._changed:
-            self.from_bytes, self.held, self._closed = from_bytes, [], True
-            self._changed.wait_for(lambda: self._passing == 0, timeout=REPORT_TIMEOUT_SECONDS)
-        try:
-            yield self
-        finally:
-            with self._changed:
-                self._closed = False
-                self._changed.notify_all()
-
-    def holding(self, transfer_id: int) -> dict | None:
-        """A report of the transfer that came to the gate while it was closed: it waits there until the gate opens."""
-        return next((body for tid, body in self.held if tid == transfer_id), None)
-
-    @contextlib.contextmanager
-    def passing(self, transfer_id: int, body: dict) -> Iterator[None]:
-        """Enters once the report may go on (at once unless the gate is closed and it is a `running` report); the
-        block passes it on and takes its answer."""
-        with self._changed:
-            if self._closed and body.get("state") == "running" and body.get("bytes_done", 0) >= self.from_bytes:
-                self.held.append((transfer_id, body))
-                self._changed.wait_for(lambda: not self._closed, timeout=self.HOLD_SECONDS)
-            self._passing += 1
-        try:
-            yield
-        finally:
-            with self._changed:
-                self._passing -= 1
-                self._changed.notify_all()
 
 
 class OrderDesk:

@@ -26,7 +26,8 @@ import requests
 from modelsync.shared.transfer.partfiles import part_name
 from modelsync.shared.transfer.protocol import FILES_PATH
 from support_server import RunningServer, serve_http, server_process, wait_for
-from test_fleet_transfers import HOP_BY_HOP, CentralTap, models_tree, roles, transfer
+from support_transfer import HOP_BY_HOP, CentralTap
+from test_fleet_transfers import models_tree, roles, transfer
 from test_node_agent import big_lora, held_by, node_process, server_entry, sha256_of
 
 pytestmark = pytest.mark.timeout(240)
